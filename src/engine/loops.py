@@ -1,0 +1,132 @@
+"""Generic train and inference loops.
+
+A batch is a dict; the model takes `batch[k] for k in INPUT_KEYS`. The target codec owns the
+loss and the decode to the prediction unit, so these loops serve every model of the project.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import unwrap
+from .distributed import DistInfo, all_gather_objects, all_reduce_mean
+
+INPUT_KEYS = ("image", "male")
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Precision:
+    """Autocast settings: bf16 on CPU and GPU; fp16 (GPU) goes with a GradScaler."""
+
+    device: torch.device
+    amp_dtype: str | None
+    channels_last: bool
+
+    def autocast(self):
+        dtype = AMP_DTYPES.get(self.amp_dtype or "none")
+        if dtype is None or (dtype == torch.float16 and self.device.type != "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def make_scaler(self) -> torch.amp.GradScaler:
+        enabled = self.amp_dtype == "float16" and self.device.type == "cuda"
+        return torch.amp.GradScaler(self.device.type, enabled=enabled)
+
+    def to_device(self, batch: dict) -> dict:
+        out = {}
+        non_blocking = self.device.type == "cuda"
+        for key, value in batch.items():
+            if torch.is_tensor(value):
+                value = value.to(self.device, non_blocking=non_blocking)
+                if key == "image" and self.channels_last:
+                    value = value.contiguous(memory_format=torch.channels_last)
+            out[key] = value
+        return out
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    images_per_s: float
+    updates: int
+
+
+def train_one_epoch(model, loader: DataLoader, codec, optimizer, scheduler, scaler, precision: Precision,
+                    epoch: int, num_updates: int, grad_accum_steps: int = 1, grad_clip: float | None = None,
+                    ema=None, dist_info: DistInfo = DistInfo(), desc: str = "train") -> EpochStats:
+    """One pass over `loader` with gradient accumulation; the scheduler steps per optimiser update."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    total_loss, seen, start = 0.0, 0, time.perf_counter()
+    n_batches = len(loader)
+    bar = tqdm(loader, desc=desc, leave=False, disable=not dist_info.is_main, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        batch = precision.to_device(batch)
+        last_of_group = (step + 1) % grad_accum_steps == 0 or step + 1 == n_batches
+        sync = contextlib.nullcontext() if last_of_group or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with precision.autocast():
+                outputs = model(*(batch[k] for k in INPUT_KEYS))
+            loss = codec.loss(outputs, batch["age"])
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch} step {step}")
+            scaler.scale(loss / grad_accum_steps).backward()
+        if last_of_group:
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            num_updates += 1
+            if scheduler is not None:
+                scheduler.step_update(num_updates=num_updates)
+            if ema is not None:
+                ema.update(unwrap(model), step=num_updates)
+        batch_n = batch["image"].shape[0]
+        total_loss += loss.item() * batch_n
+        seen += batch_n
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+    elapsed = time.perf_counter() - start
+    mean_loss = all_reduce_mean(total_loss / max(seen, 1), dist_info)
+    images_per_s = all_reduce_mean(seen / max(elapsed, 1e-9), dist_info) * dist_info.world_size
+    return EpochStats(mean_loss, images_per_s, num_updates)
+
+
+@torch.no_grad()
+def predict(model, loader: DataLoader, codec, precision: Precision, dist_info: DistInfo = DistInfo(),
+            desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Decoded predictions for every row of the loader's dataset, as (row indices, predictions).
+
+    Under DDP each rank predicts its shard; shards are gathered and de-duplicated (the
+    distributed sampler pads with repeats), so every rank returns the whole set.
+    """
+    net = unwrap(model)
+    net.eval()
+    indices, preds = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not dist_info.is_main, dynamic_ncols=True):
+        batch = precision.to_device(batch)
+        with precision.autocast():
+            outputs = net(*(batch[k] for k in INPUT_KEYS))
+        preds.append(codec.decode(outputs).float().cpu().numpy())
+        indices.append(batch["index"].cpu().numpy())
+    idx = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
+    out = np.concatenate(preds) if preds else np.zeros(0, dtype=np.float32)
+    if dist_info.enabled:
+        parts = all_gather_objects((idx, out), dist_info)
+        idx = np.concatenate([p[0] for p in parts])
+        out = np.concatenate([p[1] for p in parts])
+    order = np.argsort(idx, kind="stable")
+    idx, out = idx[order], out[order]
+    keep = np.ones(len(idx), dtype=bool)
+    keep[1:] = idx[1:] != idx[:-1]
+    return idx[keep], out[keep]

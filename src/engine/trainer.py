@@ -1,0 +1,272 @@
+"""Train one fold: epochs with validation, best/last checkpoints, full-state resume, then OOF
+and test predictions with TTA from the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from ..data.cache import PreprocessCache
+from ..data.dataset import BoneAgeDataset
+from ..data.folds import assert_disjoint
+from ..data.transforms import build_train_transform, build_tta_views
+from ..models import build_model, build_target
+from ..utils.io import read_id_csv, write_csv, write_json
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from .distributed import DistInfo, barrier, broadcast_object
+from .loops import Precision, predict, train_one_epoch
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict], None]  # (epoch, metrics row); raising stops training
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+@dataclass
+class FoldData:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame | None
+    cache: PreprocessCache
+
+
+@dataclass
+class FoldContext:
+    cfg: dict
+    fold: int
+    fold_dir: Path
+    device: torch.device
+    dist: DistInfo = field(default_factory=DistInfo)
+    callbacks: list[EpochCallback] = field(default_factory=list)
+
+
+def _worker_init(worker_id: int) -> None:
+    """Loader workers decode and augment with OpenCV; one thread each avoids oversubscribing cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _loader(dataset, cfg: dict, ctx: FoldContext, train: bool, generator: torch.Generator | None = None):
+    batch = int(cfg["train"]["batch_size"] if train else cfg["train"]["eval_batch_size"])
+    workers = int(cfg["data"]["num_workers"])
+    if ctx.dist.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=ctx.dist.world_size, rank=ctx.dist.rank,
+                                     shuffle=train, seed=int(cfg["seed"]), drop_last=False)
+    else:
+        sampler = RandomSampler(dataset, generator=generator) if train else None
+    return DataLoader(
+        dataset, batch_size=batch, sampler=sampler, shuffle=False, num_workers=workers,
+        pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0 and train,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        drop_last=train and len(dataset) > batch * max(ctx.dist.world_size, 1),
+    )
+
+
+def _make_dataset(table, data: FoldData, cfg: dict, transform, seed: int) -> BoneAgeDataset:
+    d = cfg["data"]
+    return BoneAgeDataset(table, data.cache, transform=transform, channels=int(d["channels"]),
+                          mean=float(d["mean"]), std=float(d["std"]), seed=seed)
+
+
+def _write_metrics(rows: list[dict], fold_dir: Path) -> None:
+    write_csv(pd.DataFrame(rows), fold_dir / "metrics.csv")
+
+
+def _tensorboard(fold_dir: Path, is_main: bool):
+    if not is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(log_dir=str(fold_dir / "tensorboard"))
+
+
+def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
+    """Train, validate each epoch, keep best (by val MAE) and last, predict OOF and test with TTA."""
+    cfg, fold, fold_dir, device = ctx.cfg, ctx.fold, ctx.fold_dir, ctx.device
+    tcfg = cfg["train"]
+    assert_disjoint(data.train["id"], data.val["id"], context=f"fold {fold}")
+    fold_seed = int(cfg["seed"]) + 1000 * fold
+    seed_everything(fold_seed, bool(cfg.get("deterministic")))
+    if ctx.dist.is_main:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+    log.info("fold %d: %d train / %d val images, seed %d", fold, len(data.train), len(data.val), fold_seed)
+
+    codec = build_target(cfg["target"]).fit(data.train["boneage"].to_numpy())
+    model, weights_source = build_model(cfg["model"], in_chans=int(cfg["data"]["channels"]), out_dim=codec.out_dim)
+    precision = Precision(device, tcfg.get("amp_dtype"), bool(tcfg.get("channels_last")))
+    model.to(device)
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    train_ds = _make_dataset(data.train, data, cfg, build_train_transform(cfg["aug"]), seed=fold_seed)
+    val_ds = _make_dataset(data.val, data, cfg, None, seed=fold_seed)
+    generator = torch.Generator()
+    train_loader = _loader(train_ds, cfg, ctx, train=True, generator=generator)
+    val_loader = _loader(val_ds, cfg, ctx, train=False)
+
+    accum = int(tcfg["grad_accum_steps"])
+    epochs = int(tcfg["epochs"])
+    updates_per_epoch = max(1, (len(train_loader) + accum - 1) // accum)
+    optimizer = create_optimizer_v2(model, opt=cfg["optim"]["name"], lr=float(cfg["optim"]["lr"]),
+                                    weight_decay=float(cfg["optim"]["weight_decay"]))
+    sch = cfg["schedule"]
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=sch["name"], num_epochs=epochs, warmup_epochs=int(sch.get("warmup_epochs", 0)),
+        warmup_lr=float(sch.get("warmup_lr", 1e-5)), min_lr=float(sch.get("min_lr", 0.0)),
+        step_on_epochs=False, updates_per_epoch=updates_per_epoch,
+    )
+    scaler = precision.make_scaler()
+    ema = ModelEmaV3(unwrap(model), decay=float(tcfg["ema_decay"]), device=device) if tcfg.get("ema") else None
+
+    start_epoch, best_mae, num_updates, history = 0, float("inf"), 0, []
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        start_epoch, best_mae = int(state["epoch"]) + 1, float(state["best_mae"])
+        num_updates, history = int(state["num_updates"]), list(state["history"])
+        set_rng_state(state["rng"])
+        log.info("fold %d: resumed from %s at epoch %d (best val MAE %.2f)", fold, last_path, start_epoch, best_mae)
+    elif resume:
+        log.info("fold %d: --resume given but no %s; starting fresh", fold, last_path)
+
+    train_model = model
+    if ctx.dist.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tcfg.get("compile"):
+        train_model = torch.compile(train_model)
+
+    if ctx.dist.is_main:
+        log.info("fold %d: %s, weights %s, %d epochs, batch %d x %d accum x %d ranks, %s autocast, device %s",
+                 fold, cfg["model"]["backbone"], weights_source, epochs, tcfg["batch_size"], accum,
+                 ctx.dist.world_size, tcfg.get("amp_dtype"), device)
+    writer = _tensorboard(fold_dir, ctx.dist.is_main)
+    for epoch in range(start_epoch, epochs):
+        t0 = time.perf_counter()
+        train_ds.set_epoch(epoch)
+        generator.manual_seed(fold_seed * 1009 + epoch)  # shuffle order is a function of (seed, epoch)
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(
+            train_model, train_loader, codec, optimizer, scheduler, scaler, precision, epoch, num_updates,
+            grad_accum_steps=accum, grad_clip=tcfg.get("grad_clip"), ema=ema, dist_info=ctx.dist,
+            desc=f"fold {fold} epoch {epoch + 1}/{epochs}",
+        )
+        num_updates = stats.updates
+        eval_model = ema.module if ema is not None else model
+        idx, pred = predict(eval_model, val_loader, codec, precision, ctx.dist, desc="validate")
+        val_mae = float(np.mean(np.abs(pred - val_ds.ages[idx])))
+        lr = optimizer.param_groups[0]["lr"]
+        row = {"fold": fold, "epoch": epoch + 1, "train_loss": stats.loss, "val_mae": val_mae, "lr": lr,
+               "img_per_s": stats.images_per_s, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        improved = val_mae < best_mae
+        best_mae = min(best_mae, val_mae)
+        if ctx.dist.is_main:
+            log.info("fold %d epoch %d/%d  train_loss %.4f  val_mae %.2f mo%s  lr %.2e  %.1f img/s  %.0fs",
+                     fold, epoch + 1, epochs, stats.loss, val_mae, " *" if improved else "", lr,
+                     stats.images_per_s, row["seconds"])
+            common = dict(epoch=epoch, best_mae=best_mae, num_updates=num_updates, history=history,
+                          target=codec.state_dict(), config=cfg)
+            if improved:
+                save_checkpoint(best_path, model=eval_model, val_mae=val_mae, **common)
+            save_checkpoint(last_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                            ema=ema.state_dict() if ema is not None else None, **common)
+            _write_metrics(history, fold_dir)
+            if writer is not None:
+                for key in ("train_loss", "val_mae", "lr", "img_per_s"):
+                    writer.add_scalar(key, row[key], epoch + 1)
+        barrier(ctx.dist)
+        for callback in ctx.callbacks:
+            callback(epoch, row)
+    if writer is not None:
+        writer.close()
+    barrier(ctx.dist)
+    return predict_fold(ctx, data, codec, precision)
+
+
+def predict_fold(ctx: FoldContext, data: FoldData, codec, precision: Precision) -> dict:
+    """OOF (validation fold) and test predictions from the best checkpoint, with and without TTA."""
+    cfg, fold_dir = ctx.cfg, ctx.fold_dir
+    state = load_checkpoint(fold_dir / "best.pt")
+    model, _ = build_model({**cfg["model"], "pretrained": False, "pretrained_file": None},
+                           in_chans=int(cfg["data"]["channels"]), out_dim=codec.out_dim)
+    model.load_state_dict(state["model"])
+    codec.load_state_dict(state["target"])
+    model.to(ctx.device)
+    if precision.channels_last:
+        model.to(memory_format=torch.channels_last)
+    views = build_tta_views(cfg["tta"])
+    outputs = {}
+    for part, table in (("oof", data.val), ("test", data.test)):
+        if table is None or table.empty:
+            continue
+        per_view = []
+        for name, view in views:
+            ds = _make_dataset(table, data, cfg, view, seed=0)
+            _, pred = predict(model, _loader(ds, cfg, ctx, train=False), codec, precision, ctx.dist,
+                              desc=f"{part} tta {name}")
+            per_view.append(pred)
+        stacked = np.stack(per_view, axis=1)
+        frame = pd.DataFrame({"id": table["id"].astype(str).to_numpy()})
+        if part == "oof":
+            frame["fold"] = ctx.fold
+            frame["boneage"] = table["boneage"].to_numpy()
+            frame["male"] = table["male"].astype(bool).to_numpy()
+        frame["pred"] = stacked.mean(axis=1)
+        frame["pred_no_tta"] = per_view[0] if views[0][0] == "identity" else np.nan
+        for (name, _), column in zip(views, per_view):
+            frame[f"tta_{name}"] = column
+        outputs[part] = frame
+        if ctx.dist.is_main:
+            write_csv(frame, fold_dir / f"{part}.csv")
+    if ctx.dist.is_main:
+        oof = outputs["oof"]
+        mae = float(np.mean(np.abs(oof["pred"] - oof["boneage"])))
+        mae_no_tta = float(np.mean(np.abs(oof["pred_no_tta"] - oof["boneage"])))
+        write_json({"fold": ctx.fold, "best_epoch": int(state["epoch"]) + 1, "best_val_mae_no_tta": float(state["val_mae"]),
+                    "oof_mae": mae, "oof_mae_no_tta": mae_no_tta, "n_val": len(oof)}, fold_dir / "done.json")
+        log.info("fold %d: OOF MAE %.2f mo with TTA-%d, %.2f without", ctx.fold, mae, len(views), mae_no_tta)
+    barrier(ctx.dist)
+    return broadcast_object({"fold": ctx.fold}, ctx.dist)
+
+
+def fold_is_done(fold_dir: Path, has_test: bool) -> bool:
+    if not (fold_dir / "done.json").is_file() or not (fold_dir / "oof.csv").is_file():
+        return False
+    return not has_test or (fold_dir / "test.csv").is_file()
+
+
+def read_fold_outputs(fold_dir: Path, part: str) -> pd.DataFrame:
+    return read_id_csv(fold_dir / f"{part}.csv")

@@ -1,0 +1,34 @@
+"""Shared fixtures: the real data in ../shared (skipped with a reason when absent) and an
+isolated working/ so tests never touch the user's artefacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT_ROOT.parent / "shared"
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"real data not available: {SHARED}/data is absent (it sits beside the checkout on dev and CI machines)")
+    return SHARED / "data"
+
+
+@pytest.fixture
+def rsna100(shared_dir) -> Path:
+    root = shared_dir / "rsna-100px"
+    if not (root / "boneage-training-dataset.csv").is_file():
+        pytest.skip(f"{root} has no boneage-training-dataset.csv")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def isolated_working(tmp_path, monkeypatch) -> Path:
+    """Every test writes its artefacts under a private working/ root."""
+    work = tmp_path / "working"
+    monkeypatch.setenv("BONEAGE_WORKING", str(work))
+    return work
