@@ -1,0 +1,241 @@
+"""The training engine on a tiny phantom with a tiny timm model: training, OOF/test files,
+resume equivalence, --skip-existing, DDP with gloo, offline pretrained weights, the baseline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+import yaml
+
+from src.cli import main as cli_main
+from src.data.audit import run_audit
+from src.data.cache import PreprocessCache
+from src.data.folds import read_folds
+from src.data.layout import DatasetPaths
+from src.data.phantom import PhantomParams, generate
+from src.data.transforms import build_tta_views
+from src.engine.config import load_config
+from src.engine.experiment import run_experiment
+from src.engine.checkpoint import load_checkpoint
+from src.models import build_model
+from src.models.boneage_net import create_backbone
+from src.utils.errors import UserError
+from src.utils.io import read_id_csv
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.backbone=test_resnet", "model.pretrained=false", "model.head_hidden=[16]", "model.sex_features=8",
+    "data.size=64", "data.num_workers=0", "data.cache_workers=1", "train.batch_size=8",
+    "train.eval_batch_size=16", "train.epochs=2", "deterministic=true", "optim.lr=0.003",
+    "tta=[{name: identity}, {rotate: 5}, {scale: 1.05}]",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom") / "tiny-phantom"
+    generate(root, PhantomParams(seed=3, scale=0.1, n_train=30, n_test=5), workers=1)
+    return root
+
+
+def audited(root: Path) -> Path:
+    run_audit(root, quiet=True)
+    return root
+
+
+def tiny_cfg(*extra: str) -> dict:
+    return load_config("baseline_inception_v3", None, TINY + list(extra))
+
+
+def model_state(path: Path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+def test_tiny_model_trains_and_writes_oof_and_test(tiny_phantom):
+    root = audited(tiny_phantom)
+    cfg = tiny_cfg()
+    out = run_experiment(cfg, root, device="cpu")
+    work = DatasetPaths(root).work_dir()
+    folds = read_folds(work / "folds.csv")
+    oof = read_id_csv(out / "oof.csv")
+    # every training id exactly once, predicted by the fold that held it out
+    assert oof["id"].is_unique and set(oof["id"]) == set(folds["id"])
+    merged = oof.merge(folds[["id", "fold"]], on="id", suffixes=("", "_folds"))
+    assert (merged["fold"] == merged["fold_folds"]).all()
+    assert {"id", "fold", "pred", "pred_no_tta"} <= set(oof.columns)
+    assert np.isfinite(oof["pred"]).all() and np.isfinite(oof["pred_no_tta"]).all()
+    # TTA mean is the mean of the views, and the identity view is the no-TTA prediction
+    views = oof[["tta_identity", "tta_rotate5", "tta_scale1.05"]].to_numpy()
+    assert np.allclose(oof["pred"], views.mean(axis=1), atol=1e-3)
+    assert np.allclose(oof["pred_no_tta"], oof["tta_identity"])
+    test = read_id_csv(out / "test.csv")
+    test_ids = read_id_csv(work / "test.csv")["id"]
+    assert list(test.columns[:2]) == ["id", "pred"] and set(test["id"]) == set(test_ids)
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert len(metrics) == 5 * 2 and np.isfinite(metrics["train_loss"]).all()
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["_resolved"]["folds_sha256"] and resolved["_resolved"]["packages"]["torch"]
+    assert (out / "summary.json").is_file() and "OOF MAE" in (out / "summary.txt").read_text()
+    for k in range(5):
+        assert (out / f"fold{k}" / "best.pt").is_file() and (out / f"fold{k}" / "last.pt").is_file()
+        state = load_checkpoint(out / f"fold{k}" / "best.pt")
+        assert state["target"]["form"] == "regression" and state["target"]["std"] > 0  # stored mean/SD
+
+
+def test_tiny_model_learns(tiny_phantom):
+    """A few steps reduce the training loss (the optimiser, loss and targets are wired up)."""
+    root = audited(tiny_phantom)
+    cfg = tiny_cfg("train.epochs=6", "aug.p_affine=0.0", "aug.p_color=0.0", "aug.p_noise=0.0",
+                   "schedule.warmup_epochs=0")
+    out = run_experiment(cfg, root, folds=[0], device="cpu")
+    metrics = pd.read_csv(out / "fold0" / "metrics.csv")
+    assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]
+
+
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_phantom, tmp_path, monkeypatch):
+    root = tiny_phantom
+    cfg = tiny_cfg("train.epochs=3")
+    monkeypatch.setenv("BONEAGE_WORKING", str(tmp_path / "straight"))
+    audited(root)
+    straight = run_experiment(cfg, root, folds=[0], device="cpu")
+
+    monkeypatch.setenv("BONEAGE_WORKING", str(tmp_path / "resumed"))
+    audited(root)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(epoch, row):
+        if epoch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_experiment(cfg, root, folds=[0], device="cpu", callbacks=[kill_after_first_epoch])
+    fold_dir = DatasetPaths(root).work_dir() / cfg["experiment"] / "fold0"
+    assert load_checkpoint(fold_dir / "last.pt")["epoch"] == 0 and not (fold_dir / "done.json").exists()
+    resumed = run_experiment(cfg, root, folds=[0], device="cpu", resume=True)
+
+    a, b = model_state(straight / "fold0" / "last.pt"), model_state(resumed / "fold0" / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ma = pd.read_csv(straight / "fold0" / "metrics.csv")
+    mb = pd.read_csv(resumed / "fold0" / "metrics.csv")
+    assert np.allclose(ma["val_mae"], mb["val_mae"]) and len(mb) == 3
+
+
+def test_skip_existing_leaves_finished_folds_alone(tiny_phantom):
+    root = audited(tiny_phantom)
+    cfg = tiny_cfg("train.epochs=1")
+    out = run_experiment(cfg, root, folds=[1], device="cpu")
+    stamp = (out / "fold1" / "best.pt").stat().st_mtime_ns
+    run_experiment(cfg, root, folds=[1], device="cpu", skip_existing=True)
+    assert (out / "fold1" / "best.pt").stat().st_mtime_ns == stamp
+    assert not (out / "oof.csv").exists()  # four folds still missing: no partial merge
+
+
+def test_ddp_with_two_gloo_processes(tiny_phantom, tmp_path):
+    root = audited(tiny_phantom)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "src", "train", "--config", "baseline_inception_v3", "--input", str(root), "--device", "cpu",
+           "--fold", "0", *TINY, "train.epochs=1"]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "DDP: rank 0/2" in proc.stderr and "DDP: rank 1/2" in proc.stderr
+    fold_dir = DatasetPaths(root).work_dir() / "baseline_inception_v3" / "fold0"
+    oof = read_id_csv(fold_dir / "oof.csv")
+    folds = read_folds(DatasetPaths(root).work_dir() / "folds.csv")
+    assert set(oof["id"]) == set(folds.loc[folds["fold"] == 0, "id"]) and oof["id"].is_unique
+    resolved = yaml.safe_load((fold_dir.parent / "config.yaml").read_text())
+    assert resolved["_resolved"]["world_size"] == 2
+
+
+def test_offline_pretrained_file_loads(tmp_path):
+    source = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    weights = tmp_path / "test_resnet_imagenet.pth"
+    torch.save(source.state_dict(), weights)
+    model, origin = create_backbone("test_resnet", in_chans=1, pretrained=False, pretrained_file=str(weights))
+    assert origin == f"file:{weights}"
+    loaded, saved = model.state_dict(), source.state_dict()
+    stem = [k for k in saved if saved[k].ndim == 4 and saved[k].shape[1] == 3][0]
+    assert torch.allclose(loaded[stem], saved[stem].sum(dim=1, keepdim=True))  # timm's in_chans=1 adaptation
+    others = [k for k in saved if k != stem]
+    assert others and all(torch.equal(loaded[k], saved[k]) for k in others)
+    with pytest.raises(UserError, match="does not exist"):
+        create_backbone("test_resnet", 1, False, str(tmp_path / "missing.pth"))
+
+
+def test_pretrained_file_flag_reaches_the_config(tmp_path):
+    import argparse
+
+    from src.commands import train
+
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args(["--config", "baseline_inception_v3", "--pretrained-file", str(tmp_path / "w.pth"),
+                              "--amp-dtype", "float16", "--grad-accum-steps", "4", "--no-channels-last"])
+    cfg = load_config(args.config, None, list(args.overrides) + train.flag_overrides(args))
+    assert cfg["model"]["pretrained_file"] == str(tmp_path / "w.pth")
+    assert cfg["train"]["amp_dtype"] == "float16" and cfg["train"]["grad_accum_steps"] == 4
+    assert cfg["train"]["channels_last"] is False
+
+
+def test_inception_v3_baseline_at_500px_with_sex_input():
+    cfg = load_config("baseline_inception_v3")
+    assert cfg["data"]["size"] == 500 and cfg["model"]["backbone"] == "inception_v3"
+    model, _ = build_model({**cfg["model"], "pretrained": False}, in_chans=1, out_dim=1)
+    assert model.sex_branch[0].in_features == 1 and model.sex_branch[0].out_features == 32
+    assert model.head[0].in_features == 2048 + 32
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 500, 500), torch.tensor([[1.0], [0.0]]))
+    assert out.shape == (2, 1) and torch.isfinite(out).all()
+
+
+def test_config_overrides_and_profiles():
+    cfg = load_config("baseline_inception_v3", "demo", ["train.epochs=3"])
+    assert cfg["experiment"] == "baseline_inception_v3-demo" and cfg["train"]["epochs"] == 3
+    assert cfg["data"]["size"] < 500  # the profile overlay applied
+    with pytest.raises(UserError, match="unknown key"):
+        load_config("baseline_inception_v3", None, ["train.epoch=3"])
+    with pytest.raises(UserError, match="not found"):
+        load_config("no_such_experiment")
+
+
+def test_tta_views_are_deterministic():
+    image = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    for name, view in build_tta_views(load_config("baseline_inception_v3")["tta"]):
+        a, b = view(image=image)["image"], view(image=image)["image"]
+        assert np.array_equal(a, b), name
+        if name == "identity":
+            assert np.array_equal(a, image)
+    assert len(load_config("baseline_inception_v3")["tta"]) == 10
+
+
+def test_cache_is_built_once_and_keyed_by_pixels(tiny_phantom):
+    root = audited(tiny_phantom)
+    table = read_id_csv(DatasetPaths(root).work_dir() / "train.csv")
+    steps = [{"name": "pad_square"}, {"name": "resize"}]
+    cache = PreprocessCache("tiny", str(root), 48, steps)
+    cache.build(table, workers=1)
+    assert cache.missing(table).empty and cache.load(table["id"].iloc[0]).shape == (48, 48)
+    stamp = cache.path(table["id"].iloc[0]).stat().st_mtime_ns
+    cache.build(table, workers=1)
+    assert cache.path(table["id"].iloc[0]).stat().st_mtime_ns == stamp
+    assert PreprocessCache("tiny", str(root), 64, steps).key != cache.key
+    assert PreprocessCache("tiny", str(root), 48, steps + [{"name": "resize"}]).key != cache.key
+
+
+def test_train_cli_without_audit_is_a_clear_error(tmp_path, capsys):
+    code = cli_main(["train", "--config", "baseline_inception_v3", "--input", str(tmp_path / "nothing")])
+    err = capsys.readouterr().err
+    assert code == 2 and "audit" in err and "Traceback" not in err
