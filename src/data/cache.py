@@ -8,6 +8,7 @@ is written atomically, so an interrupted build resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from ..utils.progress import progress
 
 from ..utils.errors import DataError
 from ..utils.io import atomic_path, write_json
@@ -79,18 +80,11 @@ class PreprocessCache:
         workers = workers or os.cpu_count() or 1
         jobs = [(rec, self.steps, self.size, str(self.path(rec["id"]))) for rec in todo.to_dict("records")]
         log.info("cache %s: preprocessing %d of %d images with %d workers", self.key, len(jobs), len(table), workers)
-        failures: list[str] = []
-        if workers <= 1:
-            results = map(_process_one, jobs)
-            for _, err in tqdm(results, total=len(jobs), desc=desc):
-                if err:
-                    failures.append(err)
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = pool.map(_process_one, jobs, chunksize=max(1, len(jobs) // (workers * 16)))
-                for _, err in tqdm(results, total=len(jobs), desc=desc):
-                    if err:
-                        failures.append(err)
+        pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        with pool or contextlib.nullcontext():
+            results = pool.map(_process_one, jobs, chunksize=max(1, len(jobs) // (workers * 16))) if pool \
+                else map(_process_one, jobs)
+            failures = [err for _, err in progress(results, total=len(jobs), desc=desc) if err]
         if failures:
             shown = "\n  ".join(failures[:20])
             raise DataError(

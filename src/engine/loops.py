@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from ..utils.progress import progress
 
 from .checkpoint import unwrap
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean
@@ -68,7 +68,7 @@ def train_one_epoch(model, loader: DataLoader, codec, optimizer, scheduler, scal
     optimizer.zero_grad(set_to_none=True)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     n_batches = len(loader)
-    bar = tqdm(loader, desc=desc, leave=False, disable=not dist_info.is_main, dynamic_ncols=True)
+    bar = progress(loader, desc=desc, leave=False, disable=not dist_info.is_main)
     for step, batch in enumerate(bar):
         batch = precision.to_device(batch)
         last_of_group = (step + 1) % grad_accum_steps == 0 or step + 1 == n_batches
@@ -113,7 +113,7 @@ def predict(model, loader: DataLoader, codec, precision: Precision, dist_info: D
     net = unwrap(model)
     net.eval()
     indices, preds = [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not dist_info.is_main, dynamic_ncols=True):
+    for batch in progress(loader, desc=desc, leave=False, disable=not dist_info.is_main):
         batch = precision.to_device(batch)
         with precision.autocast():
             outputs = net(*(batch[k] for k in INPUT_KEYS))
