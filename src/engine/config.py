@@ -94,13 +94,12 @@ def load_config(name_or_path: str, profile: str | None = None, overrides: list[s
     experiment = _load_yaml(path)
     cfg = deep_merge(cfg, experiment)
     cfg.setdefault("name", path.stem)
-    cfg["experiment"] = cfg["name"]
     if profile:
-        profile_cfg = _load_yaml(find_config(profile, PROFILE_DIR))
-        cfg = deep_merge(cfg, profile_cfg)
-        cfg["experiment"] = f"{cfg['name']}-{profile}"
+        cfg = deep_merge(cfg, _load_yaml(find_config(profile, PROFILE_DIR)))
     cfg["profile"] = profile
     cfg = apply_overrides(cfg, overrides or [])
+    # The output folder: the experiment's name (overridable, to keep variants apart) + profile.
+    cfg["experiment"] = f"{cfg['name']}-{profile}" if profile else str(cfg["name"])
     validate_config(cfg)
     return cfg
 
