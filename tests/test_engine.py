@@ -140,6 +140,11 @@ def test_skip_existing_leaves_finished_folds_alone(tiny_phantom):
     run_experiment(cfg, root, folds=[1], device="cpu", skip_existing=True)
     assert (out / "fold1" / "best.pt").stat().st_mtime_ns == stamp
     assert not (out / "oof.csv").exists()  # four folds still missing: no partial merge
+    # a changed recipe is not "existing": the fold is retrained, and resume does not mix recipes
+    changed = tiny_cfg("train.epochs=1", "optim.lr=0.001")
+    run_experiment(changed, root, folds=[1], device="cpu", skip_existing=True, resume=True)
+    assert (out / "fold1" / "best.pt").stat().st_mtime_ns != stamp
+    assert load_checkpoint(out / "fold1" / "last.pt")["config"]["optim"]["lr"] == 0.001
 
 
 def test_ddp_with_two_gloo_processes(tiny_phantom, tmp_path):

@@ -104,6 +104,24 @@ def load_config(name_or_path: str, profile: str | None = None, overrides: list[s
     return cfg
 
 
+# Keys that change how a run is carried out but not what it learns.
+RUN_CONTROL_KEYS = {"_resolved", "deterministic"}
+RUN_CONTROL_TRAIN_KEYS = {"eval_batch_size", "log_every", "compile"}
+RUN_CONTROL_DATA_KEYS = {"num_workers", "cache_workers"}
+
+
+def config_fingerprint(cfg: dict) -> str:
+    """A short hash of everything that changes the trained model, so a finished or
+    interrupted fold can tell whether it was made with the same recipe."""
+    import hashlib
+    import json
+
+    core = {k: v for k, v in cfg.items() if k not in RUN_CONTROL_KEYS}
+    core["train"] = {k: v for k, v in cfg["train"].items() if k not in RUN_CONTROL_TRAIN_KEYS}
+    core["data"] = {k: v for k, v in cfg["data"].items() if k not in RUN_CONTROL_DATA_KEYS}
+    return hashlib.sha1(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def validate_config(cfg: dict) -> None:
     """Catch the mistakes that would otherwise surface deep inside training."""
     for section in ("data", "model", "target", "optim", "schedule", "train", "aug"):

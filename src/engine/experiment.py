@@ -18,6 +18,7 @@ from ..data.folds import read_folds, resolve_folds
 from ..data.layout import DatasetPaths
 from ..utils.errors import UserError
 from ..utils.io import file_sha256, read_id_csv, write_csv, write_json, write_text, write_yaml
+from .config import config_fingerprint
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .trainer import EpochCallback, FoldContext, FoldData, fold_is_done, read_fold_outputs, train_fold
 
@@ -102,7 +103,7 @@ def run_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None = N
         has_test = inputs.test is not None and not inputs.test.empty
         for fold in todo:
             fold_dir = out_dir / f"fold{fold}"
-            if skip_existing and fold_is_done(fold_dir, has_test):
+            if skip_existing and fold_is_done(fold_dir, has_test, config_fingerprint(cfg)):
                 log.info("fold %d: already done (%s), skipped", fold, fold_dir / "done.json")
                 continue
             is_val = inputs.train["fold"] == fold

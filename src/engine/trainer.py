@@ -3,6 +3,7 @@ and test predictions with TTA from the best checkpoint."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -24,6 +25,7 @@ from ..data.folds import assert_disjoint
 from ..data.transforms import build_train_transform, build_tta_views
 from ..models import build_model, build_target
 from ..utils.io import read_id_csv, write_csv, write_json
+from .config import config_fingerprint
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
 from .distributed import DistInfo, barrier, broadcast_object
 from .loops import Precision, predict, train_one_epoch
@@ -145,8 +147,13 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
 
     start_epoch, best_mae, num_updates, history = 0, float("inf"), 0, []
     last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path)
+    fingerprint = config_fingerprint(cfg)
+    state = load_checkpoint(last_path) if resume and last_path.is_file() else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        log.warning("fold %d: %s was trained with another config (fingerprint %s, now %s); starting this fold "
+                    "afresh (set a new `name=` to keep both)", fold, last_path, state.get("fingerprint"), fingerprint)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -157,7 +164,7 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
         num_updates, history = int(state["num_updates"]), list(state["history"])
         set_rng_state(state["rng"])
         log.info("fold %d: resumed from %s at epoch %d (best val MAE %.2f)", fold, last_path, start_epoch, best_mae)
-    elif resume:
+    elif resume and not last_path.is_file():
         log.info("fold %d: --resume given but no %s; starting fresh", fold, last_path)
 
     train_model = model
@@ -198,7 +205,7 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
                      fold, epoch + 1, epochs, stats.loss, val_mae, " *" if improved else "", lr,
                      stats.images_per_s, row["seconds"])
             common = dict(epoch=epoch, best_mae=best_mae, num_updates=num_updates, history=history,
-                          target=codec.state_dict(), config=cfg)
+                          target=codec.state_dict(), config=cfg, fingerprint=fingerprint)
             if improved:
                 save_checkpoint(best_path, model=eval_model, val_mae=val_mae, **common)
             save_checkpoint(last_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -255,17 +262,27 @@ def predict_fold(ctx: FoldContext, data: FoldData, codec, precision: Precision) 
         oof = outputs["oof"]
         mae = float(np.mean(np.abs(oof["pred"] - oof["boneage"])))
         mae_no_tta = float(np.mean(np.abs(oof["pred_no_tta"] - oof["boneage"])))
-        write_json({"fold": ctx.fold, "best_epoch": int(state["epoch"]) + 1, "best_val_mae_no_tta": float(state["val_mae"]),
+        write_json({"fold": ctx.fold, "fingerprint": config_fingerprint(cfg), "best_epoch": int(state["epoch"]) + 1, "best_val_mae_no_tta": float(state["val_mae"]),
                     "oof_mae": mae, "oof_mae_no_tta": mae_no_tta, "n_val": len(oof)}, fold_dir / "done.json")
         log.info("fold %d: OOF MAE %.2f mo with TTA-%d, %.2f without", ctx.fold, mae, len(views), mae_no_tta)
     barrier(ctx.dist)
     return broadcast_object({"fold": ctx.fold}, ctx.dist)
 
 
-def fold_is_done(fold_dir: Path, has_test: bool) -> bool:
-    if not (fold_dir / "done.json").is_file() or not (fold_dir / "oof.csv").is_file():
+def fold_is_done(fold_dir: Path, has_test: bool, fingerprint: str | None = None) -> bool:
+    """Predictions complete (and, given a fingerprint, made with that same config)."""
+    done = fold_dir / "done.json"
+    if not done.is_file() or not (fold_dir / "oof.csv").is_file():
         return False
-    return not has_test or (fold_dir / "test.csv").is_file()
+    if has_test and not (fold_dir / "test.csv").is_file():
+        return False
+    if fingerprint is not None:
+        made_with = json.loads(done.read_text()).get("fingerprint")
+        if made_with != fingerprint:
+            log.warning("%s: made with another config (fingerprint %s, now %s); it will be retrained",
+                        fold_dir, made_with, fingerprint)
+            return False
+    return True
 
 
 def read_fold_outputs(fold_dir: Path, part: str) -> pd.DataFrame:
