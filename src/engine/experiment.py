@@ -120,7 +120,7 @@ def run_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None = N
 
 def merge_predictions(out_dir: Path, inputs: ExperimentInputs, n_folds: int, has_test: bool) -> dict | None:
     """Once every fold is done: `oof.csv` (every training id once, by the model that did not see
-    it), `test.csv` (mean over fold models), `metrics.csv`, and the summary."""
+    it), `test.csv` (mean over fold models) and the summary."""
     fold_dirs = [out_dir / f"fold{k}" for k in range(n_folds)]
     pending = [k for k, d in enumerate(fold_dirs) if not fold_is_done(d, has_test)]
     if pending:
@@ -134,8 +134,6 @@ def merge_predictions(out_dir: Path, inputs: ExperimentInputs, n_folds: int, has
         raise UserError(f"{out_dir}: fold predictions disagree with {inputs.folds_path}; rerun the experiment")
     oof = oof.sort_values("id", key=lambda s: pd.to_numeric(s, errors="coerce")).reset_index(drop=True)
     write_csv(oof, out_dir / "oof.csv")
-    metrics = pd.concat([pd.read_csv(d / "metrics.csv") for d in fold_dirs if (d / "metrics.csv").is_file()])
-    write_csv(metrics, out_dir / "metrics.csv")
     if has_test:
         parts = [read_fold_outputs(d, "test").set_index("id")[["pred", "pred_no_tta"]] for d in fold_dirs]
         test = pd.concat(parts).groupby(level=0).mean().loc[inputs.test["id"]].reset_index()

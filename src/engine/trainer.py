@@ -93,8 +93,11 @@ def _make_dataset(table, data: FoldData, cfg: dict, transform, seed: int) -> Bon
                           mean=float(d["mean"]), std=float(d["std"]), seed=seed)
 
 
-def _write_metrics(rows: list[dict], fold_dir: Path) -> None:
+def write_metrics(rows: list[dict], fold_dir: Path) -> None:
+    """The fold's metrics.csv, and the experiment's metrics.csv gathering every fold so far."""
     write_csv(pd.DataFrame(rows), fold_dir / "metrics.csv")
+    folds = [pd.read_csv(p) for p in sorted(fold_dir.parent.glob("fold*/metrics.csv"))]
+    write_csv(pd.concat(folds, ignore_index=True).sort_values(["fold", "epoch"]), fold_dir.parent / "metrics.csv")
 
 
 def _tensorboard(fold_dir: Path, is_main: bool):
@@ -210,7 +213,7 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
                 save_checkpoint(best_path, model=eval_model, val_mae=val_mae, **common)
             save_checkpoint(last_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             ema=ema.state_dict() if ema is not None else None, **common)
-            _write_metrics(history, fold_dir)
+            write_metrics(history, fold_dir)
             if writer is not None:
                 for key in ("train_loss", "val_mae", "lr", "img_per_s"):
                     writer.add_scalar(key, row[key], epoch + 1)
