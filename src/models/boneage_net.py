@@ -73,7 +73,7 @@ def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file:
             log.warning("%s: pretrained weights unavailable (%s: %s); training from scratch",
                         name, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
     else:
-        log.info("%s: training from scratch (model.pretrained is false)", name)
+        log.debug("%s: no pretrained weights (model.pretrained is false)", name)
     return timm.create_model(name, pretrained=False, **kwargs), "scratch"
 
 
