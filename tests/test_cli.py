@@ -49,3 +49,26 @@ def test_phantom_kaggle_layout_goes_through_intake_audit_and_folds(tmp_path):
     assert cli_main(["folds", "--input", str(root)]) == 0
     folds = read_folds(DatasetPaths(root).work_dir() / "folds.csv")
     assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4] and set(folds["id"]) == set(result.train["id"])
+
+
+def test_worker_pools_start_after_torch_threads_without_deadlock(tmp_path):
+    """Pools forked from a process with running OpenMP threads can hang; ours must not."""
+    script = f"""
+import torch
+torch.set_num_threads(2)
+x = torch.randn(512, 512)
+for _ in range(5):
+    x = torch.tanh(x @ x)
+from src.data.phantom import PhantomParams, generate
+from src.data.audit import run_audit
+from src.data.cache import PreprocessCache
+root = {str(tmp_path / 'p')!r}
+generate(root, PhantomParams(seed=2, scale=0.06, n_train=40, n_test=0), workers=2)
+result = run_audit(root, workers=2, quiet=True)
+PreprocessCache('p', root, 32, [{{'name': 'resize'}}]).build(result.train, workers=2)
+print('pools ok')
+"""
+    env = {**__import__("os").environ, "PYTHONPATH": str(PROJECT_ROOT), "BONEAGE_WORKING": str(tmp_path / "w")}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0 and "pools ok" in proc.stdout, proc.stderr[-2000:]

@@ -24,7 +24,6 @@ import os
 import sys
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +32,7 @@ import pandas as pd
 
 from ..utils.errors import DataError
 from ..utils.io import atomic_path, write_csv, write_json
+from ..utils.parallel import process_pool
 from .images import BLANK_STD, MIN_SIDE, REPORT_FIELDS, ImageReport, describe_non_image, inspect_image, sniff_format
 from .intake import IMAGE_SUFFIX, ISSUE_COLUMNS, Intake, IntakeError, Issue, read_dataset
 from .layout import dataset_name, working_root
@@ -147,7 +147,7 @@ def inspect_images(files: list[tuple[str, int, int]], cache_path: Path, workers:
         if workers <= 1:
             results = map(inspect_image, todo)
         else:
-            pool = ProcessPoolExecutor(max_workers=workers)
+            pool = process_pool(workers)
             chunksize = max(1, min(32, len(todo) // (workers * 8)))
             results = pool.map(inspect_image, todo, chunksize=chunksize)
         for report in results:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -23,6 +22,7 @@ from ..utils.progress import progress
 
 from ..utils.errors import DataError
 from ..utils.io import atomic_path, write_json
+from ..utils.parallel import process_pool
 from .images import read_gray8
 from .layout import working_root
 from .preprocess import StepContext, run_pipeline, validate_steps
@@ -80,7 +80,7 @@ class PreprocessCache:
         workers = workers or os.cpu_count() or 1
         jobs = [(rec, self.steps, self.size, str(self.path(rec["id"]))) for rec in todo.to_dict("records")]
         log.info("cache %s: preprocessing %d of %d images with %d workers", self.key, len(jobs), len(table), workers)
-        pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        pool = process_pool(workers) if workers > 1 else None
         with pool or contextlib.nullcontext():
             results = pool.map(_process_one, jobs, chunksize=max(1, len(jobs) // (workers * 16))) if pool \
                 else map(_process_one, jobs)

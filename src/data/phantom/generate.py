@@ -205,11 +205,11 @@ def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> list[dict]:
                 rows.append(_work(task))
                 bar.update()
             return rows
-        import multiprocessing as mp
+        from ...utils.parallel import safe_context
 
         workers = min(workers, len(tasks))
         chunk = max(1, min(16, len(tasks) // (workers * 8)))
-        with mp.get_context().Pool(workers, initializer=_init_worker) as pool:
+        with safe_context().Pool(workers, initializer=_init_worker) as pool:
             rows = []
             for row in pool.imap_unordered(_work, tasks, chunksize=chunk):
                 rows.append(row)
