@@ -11,8 +11,8 @@ import pytest
 
 from src.cli import COMMANDS, main as cli_main
 from src.data.audit import run_audit
-from src.data.folds import read_folds
 from src.data.layout import DatasetPaths
+from src.utils.io import read_id_csv
 from src.data.phantom import PhantomParams, generate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def test_phantom_kaggle_layout_goes_through_intake_audit_and_folds(tmp_path):
     assert result.test["boneage"].notna().all()  # test labels merged from boneage-test-labels.csv
     assert set(result.train.columns) >= {"id", "path", "male", "boneage"}
     assert cli_main(["folds", "--input", str(root)]) == 0
-    folds = read_folds(DatasetPaths(root).work_dir() / "folds.csv")
+    folds = read_id_csv(DatasetPaths(root).work_dir() / "folds.csv")
     assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4] and set(folds["id"]) == set(result.train["id"])
 
 

@@ -18,7 +18,6 @@ import yaml
 from src.cli import main as cli_main
 from src.data.audit import run_audit
 from src.data.cache import PreprocessCache
-from src.data.folds import read_folds
 from src.data.layout import DatasetPaths
 from src.data.phantom import PhantomParams, generate
 from src.data.transforms import build_tta_views
@@ -64,7 +63,7 @@ def test_tiny_model_trains_and_writes_oof_and_test(tiny_phantom):
     cfg = tiny_cfg()
     out = run_experiment(cfg, root, device="cpu")
     work = DatasetPaths(root).work_dir()
-    folds = read_folds(work / "folds.csv")
+    folds = read_id_csv(work / "folds.csv")
     oof = read_id_csv(out / "oof.csv")
     # every training id exactly once, predicted by the fold that held it out
     assert oof["id"].is_unique and set(oof["id"]) == set(folds["id"])
@@ -158,7 +157,7 @@ def test_ddp_with_two_gloo_processes(tiny_phantom, tmp_path):
     assert "DDP: rank 0/2" in proc.stderr and "DDP: rank 1/2" in proc.stderr
     fold_dir = DatasetPaths(root).work_dir() / "baseline_inception_v3" / "fold0"
     oof = read_id_csv(fold_dir / "oof.csv")
-    folds = read_folds(DatasetPaths(root).work_dir() / "folds.csv")
+    folds = read_id_csv(DatasetPaths(root).work_dir() / "folds.csv")
     assert set(oof["id"]) == set(folds.loc[folds["fold"] == 0, "id"]) and oof["id"].is_unique
     resolved = yaml.safe_load((fold_dir.parent / "config.yaml").read_text())
     assert resolved["_resolved"]["world_size"] == 2

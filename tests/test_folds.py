@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from src.data.folds import (
-    MALE_SHARE_TOL, MEAN_AGE_TOL, assert_disjoint, build_folds, check_folds, fold_balance, read_folds,
-    resolve_folds,
+    MALE_SHARE_TOL, MEAN_AGE_TOL, assert_disjoint, build_folds, check_folds, fold_balance, resolve_folds,
 )
 from src.data.layout import CANONICAL_FOLDS
 from src.utils.errors import DataError
@@ -60,6 +59,14 @@ def test_check_folds_rejects_duplicates_gaps_and_imbalance():
         check_folds(old)
 
 
+def test_project_csvs_read_sex_strictly(tmp_path):
+    (tmp_path / "ok.csv").write_text("id,male\n1,True\n2,0\n")
+    assert read_id_csv(tmp_path / "ok.csv")["male"].tolist() == [True, False]
+    (tmp_path / "bad.csv").write_text("id,male\n1,True\n2,X\n")
+    with pytest.raises(DataError, match="bad.csv.*rows \\[3\\]"):
+        read_id_csv(tmp_path / "bad.csv")
+
+
 def test_assert_disjoint_catches_a_leak():
     assert_disjoint(["1", "2"], ["3"])
     with pytest.raises(AssertionError, match="leak"):
@@ -68,8 +75,7 @@ def test_assert_disjoint_catches_a_leak():
 
 def test_canonical_folds_file_matches_the_real_rsna_labels(shared_dir):
     labels = read_id_csv(shared_dir / "rsna-labels" / "train.csv")
-    labels["male"] = labels["male"].astype(str).str.lower().eq("true")
-    folds = read_folds(CANONICAL_FOLDS)
+    folds = read_id_csv(CANONICAL_FOLDS)
     assert len(folds) == 12611 == len(labels)
     assert set(folds["id"]) == set(labels["id"])
     merged = folds.merge(labels, on="id", suffixes=("", "_label"))
@@ -84,7 +90,7 @@ def test_canonical_folds_file_matches_the_real_rsna_labels(shared_dir):
 
 
 def test_canonical_file_alone_is_well_formed():
-    folds = read_folds(CANONICAL_FOLDS)
+    folds = read_id_csv(CANONICAL_FOLDS)
     assert list(folds.columns) == ["id", "boneage", "male", "fold"]
     assert folds["id"].is_unique and len(folds) == 12611
     assert folds["id"].astype(int).between(1377, 15610).all()
@@ -92,7 +98,7 @@ def test_canonical_file_alone_is_well_formed():
 
 
 def test_rsna_subset_reuses_canonical_folds(tmp_path):
-    canonical = read_folds(CANONICAL_FOLDS)
+    canonical = read_id_csv(CANONICAL_FOLDS)
     subset = canonical.sample(400, random_state=0)[["id", "boneage", "male"]]
     got = resolve_folds(subset, tmp_path / "work")
     assert got.mode == "canonical-subset"
@@ -102,7 +108,7 @@ def test_rsna_subset_reuses_canonical_folds(tmp_path):
 
 
 def test_rsna_ids_missing_from_canonical_are_an_error_not_a_refold(tmp_path):
-    canonical = read_folds(CANONICAL_FOLDS)
+    canonical = read_id_csv(CANONICAL_FOLDS)
     subset = canonical.sample(100, random_state=0)[["id", "boneage", "male"]]
     extra = pd.DataFrame({"id": ["999999"], "boneage": [100.0], "male": [True]})
     with pytest.raises(DataError, match="not in the canonical fold file"):

@@ -23,17 +23,13 @@ def run(args) -> int:
     import logging
 
     from ..data.folds import CANONICAL_FOLDS, build_folds, check_folds, resolve_folds
-    from ..data.intake import normalise_sex
     from ..data.layout import DatasetPaths
     from ..utils.errors import UserError
     from ..utils.io import read_id_csv, write_csv
 
     log = logging.getLogger("folds")
     if args.canonical:
-        labels = read_id_csv(args.canonical)
-        labels["male"] = labels["male"].map(normalise_sex)
-        if labels["male"].isna().any():
-            raise UserError(f"{args.canonical}: unknown sex values in rows {list(labels.index[labels['male'].isna()][:10] + 2)}")
+        labels = read_id_csv(args.canonical)  # rejects unknown sex values, naming the rows
         folds = build_folds(labels, n_folds=args.n_folds, seed=args.seed)
         check_folds(folds, n_folds=args.n_folds)
         write_csv(folds, CANONICAL_FOLDS)

@@ -136,13 +136,6 @@ def assert_disjoint(train_ids, val_ids, context: str = "") -> None:
         raise AssertionError(f"fold leak{(' in ' + context) if context else ''}: {sorted(leaked)[:10]}")
 
 
-def read_folds(path: str | Path) -> pd.DataFrame:
-    folds = read_id_csv(path)
-    if "male" in folds:
-        folds["male"] = folds["male"].astype(str).str.lower().isin(["true", "1"])
-    return folds
-
-
 def _labels_agree(table: pd.DataFrame, canonical: pd.DataFrame) -> pd.Series:
     merged = table[["id", "boneage", "male"]].merge(canonical, on="id", how="inner", suffixes=("", "_c"))
     return (np.isclose(merged["boneage"], merged["boneage_c"]) & (merged["male"] == merged["male_c"])).set_axis(
@@ -175,7 +168,7 @@ def resolve_folds(
     table["id"] = table["id"].astype(str)
     out_path = Path(work_dir) / "folds.csv"
     if Path(canonical_path).is_file():
-        canonical = read_folds(canonical_path)
+        canonical = read_id_csv(canonical_path)
         agree = _labels_agree(table, canonical)
         if len(agree) and agree.mean() > 0.5:
             missing = sorted(set(table["id"]) - set(canonical["id"]), key=str)
@@ -198,7 +191,7 @@ def resolve_folds(
             return FoldAssignment(folds[FOLD_COLUMNS], "canonical-subset", out_path)
 
     if out_path.is_file() and not rebuild:
-        existing = read_folds(out_path)
+        existing = read_id_csv(out_path)
         if set(existing["id"]) == set(table["id"]):
             check_folds(existing, n_folds=n_folds)
             return FoldAssignment(existing, "own", out_path)

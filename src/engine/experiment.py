@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.cache import PreprocessCache
-from ..data.folds import read_folds, resolve_folds
+from ..data.folds import resolve_folds
 from ..data.layout import DatasetPaths
 from ..utils.errors import UserError
 from ..utils.io import file_sha256, read_id_csv, write_csv, write_json, write_text, write_yaml
@@ -53,12 +53,11 @@ def load_inputs(input_dir: str | Path, dist: DistInfo) -> ExperimentInputs:
     if not train_csv.is_file():
         raise UserError(f"{train_csv} not found: audit the data first (`python -m src audit --input {input_dir}`)")
     train = read_id_csv(train_csv)
-    train["male"] = train["male"].astype(str).str.lower().isin(["true", "1"])
     if dist.is_main:
         resolve_folds(train, work)
     barrier(dist)
     folds_path = work / "folds.csv"
-    folds = read_folds(folds_path)
+    folds = read_id_csv(folds_path)
     merged = train.merge(folds[["id", "fold"]], on="id", how="left")
     if merged["fold"].isna().any():
         missing = merged.loc[merged["fold"].isna(), "id"].tolist()
@@ -67,7 +66,6 @@ def load_inputs(input_dir: str | Path, dist: DistInfo) -> ExperimentInputs:
     test = None
     if (work / "test.csv").is_file():
         test = read_id_csv(work / "test.csv")
-        test["male"] = test["male"].astype(str).str.lower().isin(["true", "1"])
     return ExperimentInputs(paths, merged, test, folds_path)
 
 
@@ -156,7 +154,7 @@ def summarise(oof: pd.DataFrame, train: pd.DataFrame) -> dict:
     # The mean predictor on the same folds: each fold predicted by its training folds' mean age.
     fold_means = {k: train.loc[train["fold"] != k, "boneage"].mean() for k in train["fold"].unique()}
     mean_pred = oof["fold"].map(fold_means)
-    male = oof["male"].astype(str).str.lower().isin(["true", "1"])
+    male = oof["male"].astype(bool)
     return {
         "n": int(len(oof)), "n_folds": int(oof["fold"].nunique()),
         "oof_mae": float(err.mean()), "oof_mae_no_tta": float(err_no_tta.mean()),

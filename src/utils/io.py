@@ -60,9 +60,20 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def read_id_csv(path: str | os.PathLike, **kwargs):
-    """Read a CSV whose `id` column holds image ids: always strings, so joins never mix 1377 and '1377'."""
+    """Read a CSV the project wrote: `id` always as strings (joins never mix 1377 and '1377'),
+    and `male`, when present, as bool whether it was stored as True/False or 1/0."""
     import pandas as pd
 
     dtype = dict(kwargs.pop("dtype", {}) or {})
     dtype.setdefault("id", str)
-    return pd.read_csv(path, dtype=dtype, **kwargs)
+    table = pd.read_csv(path, dtype=dtype, **kwargs)
+    if "male" in table:
+        text = table["male"].astype(str).str.strip().str.lower()
+        known = text.isin(["true", "1", "1.0", "false", "0", "0.0"])
+        if not known.all():
+            from .errors import DataError
+
+            rows = (table.index[~known][:10] + 2).tolist()  # 1-based, after the header
+            raise DataError(f"{path}: column 'male' has values other than True/False or 1/0 in rows {rows}")
+        table["male"] = text.isin(["true", "1", "1.0"])
+    return table
