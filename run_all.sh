@@ -5,12 +5,13 @@
 #   bash run_all.sh --demo                       # synthetic phantom, 2 CPU cores, a few minutes
 #   bash run_all.sh                              # Kaggle data in input/ (GPU profile `full`)
 #   bash run_all.sh --input DIR --profile cpu    # any folder in the Kaggle layout, CPU profile
+#   bash run_all.sh --input DIR --smoke          # a quick try: 100 images, 1 epoch, own experiment folder
 #   bash run_all.sh ... train.epochs=5           # extra key=value overrides go to training
 set -euo pipefail
 cd "$(dirname "$0")"
 
 usage() {
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 Options:
   --demo            generate the phantom under input/phantom (once) and run every stage on it
@@ -18,6 +19,8 @@ Options:
   --profile NAME    config overlay from src/configs/profiles (default: full, or demo with --demo)
   --device DEV      auto | cpu | cuda (default: auto)
   --config NAME     baseline experiment config (default: baseline_inception_v3)
+  --smoke           a quick check of the whole path: 100 training images, 1 epoch, in <config>-<profile>-limit100
+  --force           retrain every fold from scratch (default: finished folds are skipped, interrupted ones resume)
   -h, --help        this help
 EOF
 }
@@ -28,6 +31,8 @@ INPUT=""
 PROFILE=""
 DEVICE=auto
 CONFIG=baseline_inception_v3
+SMOKE=0
+FORCE=()
 EXTRA=()
 while (($#)); do
   case "$1" in
@@ -40,6 +45,8 @@ while (($#)); do
     --device=*) DEVICE=${1#*=} ;;
     --config) CONFIG=${2:?--config needs a name}; shift ;;
     --config=*) CONFIG=${1#*=} ;;
+    --smoke) SMOKE=1 ;;
+    --force) FORCE=(--force) ;;
     -h|--help) usage; exit 0 ;;
     *=*) EXTRA+=("$1") ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -49,6 +56,18 @@ done
 
 stage() { printf '\n==> %s\n' "$*"; }
 
+if [[ -n "$PROFILE" && ! -f src/configs/profiles/$PROFILE.yaml ]]; then
+  echo "run_all.sh: unknown profile '$PROFILE' (profiles: $(cd src/configs/profiles && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' '))" >&2
+  exit 2
+fi
+if [[ ! -f src/configs/${CONFIG%.yaml}.yaml && ! -f "$CONFIG" ]]; then
+  echo "run_all.sh: unknown config '$CONFIG' (configs: $(cd src/configs && ls *.yaml | grep -v defaults | sed 's/\.yaml$//' | tr '\n' ' '))" >&2
+  exit 2
+fi
+if ((SMOKE)); then
+  EXTRA=(--limit "${SMOKE_LIMIT:-100}" train.epochs=1 "${EXTRA[@]}")
+fi
+
 if ((DEMO)); then
   INPUT=${INPUT:-input/phantom}
   PROFILE=${PROFILE:-demo}
@@ -57,6 +76,10 @@ if ((DEMO)); then
 else
   INPUT=${INPUT:-input}
   PROFILE=${PROFILE:-full}
+  if [[ "$INPUT" != input && ! -d "$INPUT" ]]; then
+    echo "run_all.sh: the input folder '$INPUT' does not exist" >&2
+    exit 1
+  fi
   if ! compgen -G "$INPUT/*.csv" >/dev/null; then
     cat >&2 <<EOF
 No labels CSV in '$INPUT'. Download the RSNA Bone Age data from Kaggle (an API token in ~/.kaggle/kaggle.json):
@@ -83,9 +106,10 @@ stage "folds: stratified sex x age-bin folds -> $WORK/folds.csv"
 
 stage "baseline: $CONFIG, profile $PROFILE (finished folds are skipped, an interrupted one resumes)"
 "$PY" -m src train --config "$CONFIG" --profile "$PROFILE" --input "$INPUT" --device "$DEVICE" \
-  --skip-existing --resume "${EXTRA[@]}"
+  "${FORCE[@]}" "${EXTRA[@]}"
 
 EXP="$WORK/$CONFIG-$PROFILE"
+((SMOKE)) && EXP="$EXP-limit${SMOKE_LIMIT:-100}"
 stage "done"
 echo "audit report:     $WORK/audit.csv"
 echo "folds:            $WORK/folds.csv"

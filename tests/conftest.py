@@ -32,3 +32,21 @@ def isolated_working(tmp_path, monkeypatch) -> Path:
     work = tmp_path / "working"
     monkeypatch.setenv("BONEAGE_WORKING", str(work))
     return work
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory) -> Path:
+    """30 train / 5 test phantom hands at 0.1 scale (generated once per session)."""
+    from src.data.phantom import PhantomParams, generate
+
+    root = tmp_path_factory.mktemp("phantom") / "tiny-phantom"
+    generate(root, PhantomParams(seed=3, scale=0.1, n_train=30, n_test=5), workers=1)
+    return root
+
+
+@pytest.fixture
+def cli_main():
+    """`python -m src` in-process: returns the exit code."""
+    from src.cli import main
+
+    return main

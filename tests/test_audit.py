@@ -4,7 +4,6 @@ the real rsna-100px data."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import struct
@@ -17,10 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src import cli
 from src.data.audit import AuditFailed, audit_status, run_audit
 from src.data.images import MIN_SIDE, inspect_image, read_gray8
-from src.data.layout import TEST_CSV, TEST_DIR, TEST_LABELS_CSV, TRAIN_CSV, TRAIN_DIR
+from src.data.layout import TEST_CSV, TEST_DIR, TEST_LABELS_CSV, TRAIN_CSV, TRAIN_DIR, dataset_name
 from src.utils.errors import DataError, UserError
 
 
@@ -95,7 +93,7 @@ def test_clean_dataset_writes_tables_and_status(tmp_path, isolated_working, caps
     root = make_kaggle(tmp_path / "ds", n_train=5, test_ids=(4360, 4361),
                        labels="id,boneage,male\n4360,100,True\n4361,90,False\n")
     result = run_audit(root)
-    out = isolated_working / "ds"
+    out = isolated_working / dataset_name(root)
     assert result.out_dir == out and result.ok and result.n_errors == 0
     train = pd.read_csv(out / "train.csv", dtype={"id": str})
     assert list(train.columns) == ["id", "path", "male", "boneage", "converted"]
@@ -115,7 +113,7 @@ def test_clean_dataset_writes_tables_and_status(tmp_path, isolated_working, caps
 def test_unlabelled_test_part_is_fine(tmp_path, isolated_working):
     result = run_audit(make_kaggle(tmp_path / "ds", n_train=3, test_ids=(4360,)))
     assert result.test["boneage"].isna().all()
-    assert pd.read_csv(isolated_working / "ds" / "test.csv")["boneage"].isna().all()
+    assert pd.read_csv(result.out_dir / "test.csv")["boneage"].isna().all()
 
 
 # --------------------------------------------------------------------------- errors: fail by default, drop with --skip-bad
@@ -253,7 +251,7 @@ def test_error_case(tmp_path, isolated_working, case, capsys):
     err = errors.iloc[0]
     assert (err["problem"], err["id"], int(err["row"]), err["file"], err["part"]) == (problem, image_id, row, file,
                                                                                       "train")
-    out_dir = isolated_working / "ds"
+    out_dir = isolated_working / dataset_name(root)
     assert not (out_dir / "train.csv").exists()
     assert json.loads((out_dir / "audit.json").read_text())["status"] == "failed"
     assert audit_status(root) is None
@@ -349,7 +347,7 @@ def test_fatal_missing_column_even_with_skip_bad(tmp_path, isolated_working, cap
         message = str(info.value)
         assert TRAIN_CSV in message and "missing column" in message and "boneage" in message
         assert "'age_in_years'" in message  # the columns it found
-    listed = pd.read_csv(isolated_working / "ds" / "audit.csv")
+    listed = pd.read_csv(isolated_working / dataset_name(root) / "audit.csv")
     assert list(listed["problem"]) == ["missing column"] and list(listed["file"]) == [TRAIN_CSV]
     assert "missing column" in capsys.readouterr().out
 
@@ -365,12 +363,12 @@ def test_nothing_left_is_an_error(tmp_path):
 def test_failed_audit_removes_stale_tables(tmp_path, isolated_working):
     root = make_kaggle(tmp_path / "ds", n_train=3, test_ids=(4360,))
     run_audit(root, quiet=True)
-    assert (isolated_working / "ds" / "test.csv").exists()
+    assert (isolated_working / dataset_name(root) / "test.csv").exists()
     train_image(root, 1002).unlink()
     with pytest.raises(AuditFailed):
         run_audit(root, quiet=True)
-    assert not (isolated_working / "ds" / "train.csv").exists()
-    assert not (isolated_working / "ds" / "test.csv").exists()
+    assert not (isolated_working / dataset_name(root) / "train.csv").exists()
+    assert not (isolated_working / dataset_name(root) / "test.csv").exists()
 
 
 # --------------------------------------------------------------------------- converted and warnings: pass by default
@@ -451,7 +449,7 @@ def test_flat_folder_audit(tmp_path, isolated_working):
     (root / "labels.csv").write_text("image id,bone_age,gender\np0,10,M\np1,20,F\np2,30,m\n")
     result = run_audit(root, quiet=True)
     assert result.layout == "flat" and list(result.train["id"]) == ["p0", "p1", "p2"]
-    assert (isolated_working / "myflat" / "train.csv").is_file()
+    assert (isolated_working / dataset_name(root) / "train.csv").is_file()
 
 
 # --------------------------------------------------------------------------- images.py
@@ -474,7 +472,7 @@ def test_rerun_decodes_only_new_or_changed_files(tmp_path, isolated_working):
     root = make_kaggle(tmp_path / "ds", n_train=5)
     first = run_audit(root, quiet=True)
     assert first.counts["images_decoded"] == 5
-    assert (isolated_working / "ds" / "audit_cache.csv").is_file()
+    assert (isolated_working / dataset_name(root) / "audit_cache.csv").is_file()
     assert run_audit(root, quiet=True).counts["images_decoded"] == 0
     write_png(train_image(root, 1006), seed=9)
     append_train_row(root, "1006,50,True")
@@ -499,19 +497,6 @@ def test_parallel_matches_serial(tmp_path):
 
 # --------------------------------------------------------------------------- CLI
 
-@pytest.fixture
-def cli_main(monkeypatch):
-    """src.cli.main restricted to the command modules that exist (others are written in parallel)."""
-    present = []
-    for name in cli.COMMANDS:
-        try:
-            importlib.import_module(f"src.commands.{name}")
-            present.append(name)
-        except ImportError:
-            pass
-    assert "audit" in present
-    monkeypatch.setattr(cli, "COMMANDS", tuple(present))
-    return cli.main
 
 
 def test_cli_broken_dataset_fails_without_traceback(tmp_path, cli_main, capsys):
@@ -564,7 +549,7 @@ def test_real_rsna100(rsna100, isolated_working):
     assert len(result.train) == 3000 and result.test is None
     assert result.train["id"].is_unique and result.train["boneage"].between(0, 240).all()
     assert result.train["converted"].eq("").all()
-    table = pd.read_csv(isolated_working / "rsna-100px" / "train.csv", dtype={"id": str})
+    table = pd.read_csv(isolated_working / dataset_name(rsna100) / "train.csv", dtype={"id": str})
     assert len(table) == 3000
     assert elapsed < 30, f"audit of rsna-100px took {elapsed:.1f} s"
     again = run_audit(rsna100, quiet=True)
@@ -577,3 +562,40 @@ def test_two_level_16bit_image_is_blank(tmp_path):
     path = write_png(tmp_path / "b.png", img)
     report = inspect_image(str(path))
     assert report.problem == "blank image" and "near-constant" in report.detail
+
+
+# --------------------------------------------------------------------------- --skip-bad never empties the test part
+
+def test_skip_bad_cannot_lose_every_test_row_to_a_mixed_delimiter_test_csv(tmp_path, isolated_working, cli_main,
+                                                                          capsys):
+    root = make_kaggle(tmp_path / "ds", n_train=3, test_ids=(4360, 4361))
+    (root / TEST_CSV).write_text("Case ID;Sex\n4360,M\n4361,F\n")  # header saved with ';', rows with ','
+    with pytest.raises(AuditFailed) as info:
+        run_audit(root, skip_bad=True, quiet=True)
+    message = str(info.value)
+    assert TEST_CSV in message and "header is separated by ';' but the rows by ','" in message
+    assert audit_status(root) is None and not (isolated_working / dataset_name(root) / "train.csv").exists()
+    capsys.readouterr()
+    assert cli_main(["audit", "--input", str(root), "--skip-bad"]) == 2
+    err = capsys.readouterr().err
+    assert TEST_CSV in err and "Traceback" not in err
+
+
+def test_skip_bad_cannot_drop_every_test_row(tmp_path, cli_main, capsys):
+    root = make_kaggle(tmp_path / "ds", n_train=3, test_ids=(4360, 4361))
+    for image_id in (4360, 4361):
+        (root / TEST_DIR / f"{image_id}.png").unlink()
+    with pytest.raises(AuditFailed) as info:
+        run_audit(root, skip_bad=True, quiet=True)
+    message = str(info.value)
+    assert f"no usable test rows are left in {TEST_CSV}" in message and "missing image 2" in message
+    assert audit_status(root) is None
+    assert cli_main(["audit", "--input", str(root), "--skip-bad"]) == 2
+    assert TEST_CSV in capsys.readouterr().err
+
+
+def test_test_csv_without_rows_is_an_error(tmp_path):
+    root = make_kaggle(tmp_path / "ds", n_train=3, test_ids=(4360,))
+    (root / TEST_CSV).write_text("Case ID,Sex\n")
+    with pytest.raises(AuditFailed, match=f"no usable test rows are left in {TEST_CSV}.*no data rows"):
+        run_audit(root, skip_bad=True, quiet=True)

@@ -3,8 +3,13 @@ the phantom's Kaggle layout goes through intake, audit and folds."""
 
 from __future__ import annotations
 
+import io
+import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +18,7 @@ from src.cli import COMMANDS, main as cli_main
 from src.data.audit import run_audit
 from src.data.layout import DatasetPaths
 from src.utils.io import read_id_csv
+from src.utils.progress import INTERVAL_ENV, progress
 from src.data.phantom import PhantomParams, generate
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +32,75 @@ def test_every_subcommand_answers_help(command, capsys):
     assert "usage: python -m src " + command in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_shows_only_meaningful_defaults(command, capsys):
+    with pytest.raises(SystemExit):
+        cli_main(([command] if command else []) + ["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
+    assert "default: None" not in text and "default: False" not in text and "default: True" not in text
+    if command == "phantom":
+        assert "(default: 1000)" in text  # a real default is still shown
+        assert "(default: one per CPU core)" in text and f"(default: {os.cpu_count()})" not in text
+
+
+def _kaggle_executable() -> str:
+    beside = Path(sys.executable).parent / ("kaggle.exe" if os.name == "nt" else "kaggle")
+    found = str(beside) if beside.is_file() else shutil.which("kaggle")
+    if not found:
+        pytest.fail("the kaggle CLI from requirements.txt is not installed (no `kaggle` beside python or on PATH)")
+    return found
+
+
+def test_installed_kaggle_cli_starts(tmp_path):
+    """The download command in the README needs a kaggle CLI that starts: kaggle 2.2.4 imports
+    `six` without declaring it, so requirements.txt pins six. Runs the installed entry point;
+    --version needs no credentials or network (dummy ones keep the user's real ones out of it)."""
+    env = {**os.environ, "KAGGLE_CONFIG_DIR": str(tmp_path), "KAGGLE_USERNAME": "ci-dummy",
+           "KAGGLE_KEY": "0" * 32}
+    env.pop("KAGGLE_API_TOKEN", None)
+    proc = subprocess.run([_kaggle_executable(), "--version"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"\d+\.\d+\.\d+", proc.stdout + proc.stderr), proc.stdout
+
+
+def _bar_lines(monkeypatch, interval: float | None, n: int = 50) -> tuple[list[str], float]:
+    if interval is None:
+        monkeypatch.delenv(INTERVAL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(INTERVAL_ENV, str(interval))
+    log = io.StringIO()  # not a tty, like a log file
+    started = time.monotonic()
+    bar = progress(range(n), desc="train", leave=False, file=log)
+    for i in bar:  # the training loop's pattern: a postfix every step, without a redraw
+        time.sleep(0.003)
+        bar.set_postfix(loss=f"{1 / (i + 1):.4f}", refresh=False)
+    text = log.getvalue()
+    assert "\r" not in text and "\x1b" not in text  # plain lines, no carriage returns or cursor moves
+    return text.splitlines(), time.monotonic() - started
+
+
+def test_progress_in_a_log_file_is_a_few_lines_with_the_real_count(monkeypatch):
+    interval = 0.05
+    lines, elapsed = _bar_lines(monkeypatch, interval)  # >= 0.15 s of work: a few timed lines
+    assert 2 <= len(lines) <= elapsed / interval + 2, (elapsed, lines)  # one per interval, not one per step
+    counts = [int(re.search(r"(\d+)/50", line).group(1)) for line in lines]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)  # the count moves, never repeats
+    assert "50/50" in lines[-1] and "loss=" in lines[-1]  # a final line, even with leave=False
+    default, _ = _bar_lines(monkeypatch, None)  # 30 s by default: the first and the final line only
+    assert len(default) == 2 and "0/50" in default[0] and "50/50" in default[-1]
+
+
+def test_run_all_names_a_missing_folder_and_an_unknown_profile(tmp_path):
+    run_all = str(PROJECT_ROOT / "run_all.sh")
+    proc = subprocess.run(["bash", run_all, "--input", "/no/such/dir"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "'/no/such/dir' does not exist" in proc.stderr
+    proc = subprocess.run(["bash", run_all, "--profile", "gpu"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown profile 'gpu'" in proc.stderr and "cpu demo full" in proc.stderr
+
+
 def test_run_all_without_data_says_how_to_get_it(tmp_path):
+    (tmp_path / "empty").mkdir()
     proc = subprocess.run(["bash", str(PROJECT_ROOT / "run_all.sh"), "--input", str(tmp_path / "empty")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
@@ -63,7 +137,7 @@ from src.data.phantom import PhantomParams, generate
 from src.data.audit import run_audit
 from src.data.cache import PreprocessCache
 root = {str(tmp_path / 'p')!r}
-generate(root, PhantomParams(seed=2, scale=0.06, n_train=40, n_test=0), workers=2)
+generate(root, PhantomParams(seed=2, scale=0.06, n_train=40, n_test=2), workers=2)
 result = run_audit(root, workers=2, quiet=True)
 PreprocessCache('p', root, 32, [{{'name': 'resize'}}]).build(result.train, workers=2)
 print('pools ok')

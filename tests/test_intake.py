@@ -335,3 +335,27 @@ def test_flat_csv_without_images(tmp_path):
     (root / "labels.csv").write_text("id,boneage,male\n1,2,True\n")
     with pytest.raises(UserError, match="no PNG images"):
         read_dataset(root)
+
+
+@pytest.mark.parametrize("text,header_sep,row_sep", [
+    ("Case ID;Sex\n4360,M\n4361,F\n", ";", ","),
+    ("Case ID,Sex\n4360;M\n4361;F\n", ",", ";"),
+])
+def test_header_and_rows_with_different_separators_is_fatal(tmp_path, text, header_sep, row_sep):
+    root = make_kaggle(tmp_path / "ds", n_train=2, test_ids=(4360, 4361))
+    (root / TEST_CSV).write_text(text)
+    with pytest.raises(IntakeError) as info:
+        read_dataset(root)
+    message = str(info.value)
+    assert TEST_CSV in message and f"the header is separated by {header_sep!r} but the rows by {row_sep!r}" in message
+    assert "none of its 2 rows can be split into the header's 2 columns" in message
+    [issue] = [i for i in info.value.issues if i.severity == "error"]
+    assert issue.file == TEST_CSV and issue.problem == "unsplittable csv"
+
+
+def test_one_good_row_keeps_the_file_readable(tmp_path):
+    root = make_kaggle(tmp_path / "ds", n_train=2)
+    set_train_csv(root, "id,boneage,male\n1001;12;True\n1002,24,False\n")
+    intake = read_dataset(root)
+    [issue] = issues_of(intake, "malformed row")
+    assert issue.row == 2

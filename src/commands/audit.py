@@ -7,12 +7,12 @@ HELP = ("Audit a dataset root (every CSV row and image) and write working/<datas
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--input", default="input",
+    parser.add_argument("--input", default="input", metavar="DIR",
                         help="dataset root: the Kaggle kmader/rsna-bone-age layout or a flat folder (one CSV + PNGs)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave rows with errors out of the clean tables instead of failing "
                              "(they stay listed in audit.csv)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="processes that decode images (default: one per CPU core)")
 
 

@@ -11,11 +11,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment name under src/configs/ or a YAML path")
     parser.add_argument("--profile", help="overlay from src/configs/profiles/ (demo, cpu, full)")
     parser.add_argument("--input", default="input", help="dataset root, audited with `python -m src audit`")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--fold", type=int, action="append", help="train this fold (repeatable)")
-    which.add_argument("--folds", choices=["all"], default="all", help="train every fold")
-    parser.add_argument("--resume", action="store_true", help="continue interrupted folds from their last.pt")
-    parser.add_argument("--skip-existing", action="store_true", help="skip folds whose predictions are complete")
+    parser.add_argument("--fold", type=int, action="append", help="train only this fold (repeatable; default: every fold)")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="continue an interrupted fold from its last.pt when it was trained with the same "
+                             "recipe, folds and data (on by default)")
+    parser.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=True,
+                        help="skip folds whose predictions are complete under the same recipe, folds and data "
+                             "(on by default)")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain the requested folds from scratch (= --no-skip-existing --no-resume)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="smoke run on N random training images (data.limit; its own -limitN folder)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun sets LOCAL_RANK)")
     parser.add_argument("--pretrained-file", help="local ImageNet weights for the backbone (model.pretrained_file)")
     parser.add_argument("--amp-dtype", choices=["bfloat16", "float16", "none"], help="train.amp_dtype")
@@ -35,7 +41,7 @@ FLAG_KEYS = {
     "pretrained_file": "model.pretrained_file", "amp_dtype": "train.amp_dtype",
     "channels_last": "train.channels_last", "grad_accum_steps": "train.grad_accum_steps",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "ema": "train.ema", "compile": "train.compile",
-    "deterministic": "deterministic", "seed": "seed",
+    "deterministic": "deterministic", "seed": "seed", "limit": "data.limit",
 }
 
 
@@ -53,9 +59,10 @@ def flag_overrides(args) -> list[str]:
 
 def run(args) -> int:
     from ..engine.config import load_config
-    from ..engine.experiment import run_experiment
 
     cfg = load_config(args.config, args.profile, list(args.overrides) + flag_overrides(args))
-    run_experiment(cfg, args.input, folds=args.fold, resume=args.resume, skip_existing=args.skip_existing,
-                   device=args.device)
+    from ..engine.experiment import run_experiment  # torch: imported only once the config is valid
+
+    run_experiment(cfg, args.input, folds=args.fold, resume=args.resume and not args.force,
+                   skip_existing=args.skip_existing and not args.force, device=args.device)
     return 0

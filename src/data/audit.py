@@ -8,7 +8,10 @@ writes under `working/<dataset>/`:
 * `train.csv`   the clean training table: id,path,male,boneage,converted
 * `test.csv`    the clean test table (only when the root has a test part)
 * `audit.json`  counts, the input root and a status; written last, so `status == "ok"` means
-                the clean tables are complete and current
+                the clean tables are complete. It also records the input CSVs' size and mtime,
+                the number of files in each image folder and the clean tables' sha256, so
+                `require_audit(root)` (called before folds and training) can tell a current
+                audit from a stale one
 * `audit_cache.csv`  per-image results keyed by (path, size, mtime), so a rerun only decodes
                 new or changed files
 
@@ -19,8 +22,10 @@ Any `error` makes the default run fail (after writing audit.csv and printing a s
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -30,11 +35,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..utils.errors import DataError
-from ..utils.io import atomic_path, write_csv, write_json
+from ..utils.errors import DataError, UserError
+from ..utils.io import atomic_path, file_sha256, write_csv, write_json
 from ..utils.parallel import process_pool
 from .images import BLANK_STD, MIN_SIDE, REPORT_FIELDS, ImageReport, describe_non_image, inspect_image, sniff_format
-from .intake import IMAGE_SUFFIX, ISSUE_COLUMNS, Intake, IntakeError, Issue, read_dataset
+from .intake import IMAGE_SUFFIX, ISSUE_COLUMNS, Intake, IntakeError, Issue, find_sources, read_dataset
 from .layout import dataset_name, working_root
 
 AUDIT_VERSION = 1
@@ -334,19 +339,115 @@ def _input_fingerprint(intake: Intake | None) -> dict:
     return files
 
 
-def audit_status(root: str | os.PathLike) -> dict | None:
-    """The audit.json of a dataset root if its last audit succeeded and is for this root, else None."""
-    import json
+def _count_files(folder: Path) -> int | None:
+    try:
+        return len(_scan(folder))
+    except OSError:
+        return None
 
+
+def _image_dir_counts(intake: Intake | None) -> dict:
+    """Plain files per image folder (relative to the root): cheap, and it changes when images are added or removed."""
+    if intake is None:
+        return {}
+    return {_rel(s.image_dir, intake.root) or ".": _count_files(s.image_dir) for s in intake.sources.values()}
+
+
+def _audit_command(root: Path, skip_bad: bool = False) -> str:
+    return f"python -m src audit --input {shlex.quote(str(root))}" + (" --skip-bad" if skip_bad else "")
+
+
+def _stale_reason(root: Path, info: dict, out_dir: Path) -> str | None:
+    """Why an ok audit.json no longer describes the root and the clean tables, or None when it still does."""
+    inputs = info.get("inputs")
+    dirs = info.get("image_dirs")
+    tables = info.get("table_sha256")
+    if not isinstance(inputs, dict) or not inputs or not isinstance(dirs, dict) or not isinstance(tables, dict):
+        return "audit.json was written by an older version of the audit, which did not record its inputs"
+    for rel, stamp in sorted(inputs.items()):
+        path = root / rel
+        try:
+            st = path.stat()
+        except OSError:
+            return f"{rel} has vanished since the audit"
+        if st.st_size != stamp.get("size") or st.st_mtime_ns != stamp.get("mtime_ns"):
+            return f"{rel} has changed since the audit (size or modification time differs)"
+    try:
+        _, _, sources = find_sources(root)
+    except UserError as exc:
+        return f"the root is no longer a readable dataset ({exc})"
+    now = {_rel(p, root) for s in sources.values() for p in (s.csv, s.labels_csv) if p is not None}
+    added = sorted(now - set(inputs))
+    if added:
+        return f"{', '.join(added)} appeared since the audit"
+    for rel, count in sorted(dirs.items()):
+        current = _count_files(root / rel)
+        if current != count:
+            return (f"the image folder {rel}/ now has {current if current is not None else 'no'} files, "
+                    f"the audit saw {count}")
+    for part, digest in sorted(tables.items()):
+        table = out_dir / f"{part}.csv"
+        if not table.is_file():
+            return f"the clean table {table} is missing"
+        if file_sha256(table) != digest:
+            return f"the clean table {table} was modified after the audit"
+    return None
+
+
+def require_audit(root: str | os.PathLike) -> dict:
+    """The audit.json info of a dataset root when its last audit succeeded, is for this root and
+    is still current; otherwise a UserError saying why and which command to run.
+
+    "Current" means: every input CSV the audit read still has the size and mtime it recorded,
+    no new CSV has appeared (a test part or labels file), each image folder holds the number
+    of files the audit saw, and the clean tables (train.csv, test.csv) are the ones it wrote.
+    Called before building folds and before training.
+    """
     root = Path(os.path.abspath(root))
-    path = working_root() / dataset_name(root) / "audit.json"
+    out_dir = working_root() / dataset_name(root)
+    path = out_dir / "audit.json"
+    command = _audit_command(root)
+    if not path.is_file():
+        raise UserError(f"{root} is not audited yet (no {path}): run `{command}` first")
     try:
         info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if info.get("status") != "ok" or info.get("input") != str(root):
-        return None
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable ({exc}): rerun `{command}`") from exc
+    audited = info.get("input")
+    if not audited or Path(audited).resolve() != root.resolve():
+        raise UserError(f"{path} is the audit of another root ({audited}), not of {root}: run `{command}`")
+    status = info.get("status")
+    if status == "failed":
+        raise UserError(f"the last audit failed: {info.get('message', '(no message recorded)')} "
+                        f"Fix the data and rerun `{command}`")
+    if status != "ok":
+        raise UserError(f"the last audit of {root} did not finish (status {status!r}): rerun `{command}`")
+    reason = _stale_reason(root, info, out_dir)
+    if reason:
+        raise UserError(f"the audit of {root} is stale: {reason}. Rerun "
+                        f"`{_audit_command(root, bool(info.get('skip_bad')))}` (unchanged images are not decoded again)")
     return info
+
+
+def audit_status(root: str | os.PathLike) -> dict | None:
+    """The audit.json of a dataset root if its last audit succeeded, is for this root and is still
+    current (see `require_audit`), else None."""
+    try:
+        return require_audit(root)
+    except UserError:
+        return None
+
+
+def _part_losses(issues: list[Issue], part: str) -> str:
+    """'N row(s) with errors: problem n, ...' for one part, or that its CSV has no data rows."""
+    errors = Counter(i.problem for i in issues if i.severity == "error" and i.part == part and i.index is not None)
+    if not errors:
+        return "the file has no data rows"
+    rows = len({i.index for i in issues if i.severity == "error" and i.part == part and i.index is not None})
+    listing = ", ".join(f"{p} {n}" for p, n in errors.most_common())
+    return f"every row has an error: {rows} bad row(s), {listing}"
 
 
 def run_audit(root: str | os.PathLike, skip_bad: bool = False, workers: int | None = None, *,
@@ -409,7 +510,7 @@ def run_audit(root: str | os.PathLike, skip_bad: bool = False, workers: int | No
                 stale.unlink()  # later stages must not run on tables this audit did not approve
         write_json({"status": "failed", "input": str(root), "dataset": dataset, "layout": layout,
                     "skip_bad": skip_bad, "counts": counts, "inputs": _input_fingerprint(intake),
-                    "message": message, "version": AUDIT_VERSION,
+                    "image_dirs": _image_dir_counts(intake), "message": message, "version": AUDIT_VERSION,
                     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}, status_path)
         if not quiet:
             print(summary, flush=True)
@@ -430,16 +531,24 @@ def run_audit(root: str | os.PathLike, skip_bad: bool = False, workers: int | No
     train = _clean(keep[keep["part"] == "train"], conversions)
     test = _clean(keep[keep["part"] == "test"], conversions) if "test" in intake.sources else None
     if train.empty:
-        raise fail(f"no usable training rows are left in {root} ({len(bad)} bad row(s) skipped); "
-                   f"see {out_dir / 'audit.csv'}")
+        raise fail(f"no usable training rows are left in {_rel(intake.sources['train'].csv, root)} of {root} "
+                   f"({_part_losses(issue_list, 'train')}); see {out_dir / 'audit.csv'}")
+    if test is not None and test.empty:
+        # A dataset with a test part must keep test rows: --skip-bad may drop bad rows, never the whole part.
+        source = intake.sources["test"]
+        raise fail(f"no usable test rows are left in {_rel(source.csv, root)} of {root} "
+                   f"({_part_losses(issue_list, 'test')}); --skip-bad cannot leave out the whole test part. "
+                   f"Fix {source.csv}; every problem is listed in {out_dir / 'audit.csv'}")
     counts["train_rows"] = len(train)
     if test is not None:
         counts["test_rows"] = len(test)
         counts["test_labelled"] = int(test["boneage"].notna().sum())
 
     write_csv(train, out_dir / "train.csv")
+    table_sha = {"train": file_sha256(out_dir / "train.csv")}
     if test is not None:
         write_csv(test, out_dir / "test.csv")
+        table_sha["test"] = file_sha256(out_dir / "test.csv")
     elif (out_dir / "test.csv").exists():
         (out_dir / "test.csv").unlink()  # from an earlier root that had a test part
 
@@ -459,7 +568,8 @@ def run_audit(root: str | os.PathLike, skip_bad: bool = False, workers: int | No
     result.summary = "\n".join(lines)
     result.train, result.test, result.ok = train, test, True
     write_json({"status": "ok", "input": str(root), "dataset": dataset, "layout": layout, "skip_bad": skip_bad,
-                "counts": counts, "inputs": _input_fingerprint(intake), "version": AUDIT_VERSION,
+                "counts": counts, "inputs": _input_fingerprint(intake), "image_dirs": _image_dir_counts(intake),
+                "table_sha256": table_sha, "version": AUDIT_VERSION,
                 "tables": {"train": "train.csv", **({"test": "test.csv"} if test is not None else {})},
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}, status_path)
     if not quiet:

@@ -4,15 +4,24 @@ Training reads `working/cache/<key>/<id>.png` every epoch instead of a 2000x1500
 The key hashes everything that changes pixels (dataset root, size, the steps and their
 parameters), so a changed recipe gets a fresh cache and an unchanged one is reused. Each file
 is written atomically, so an interrupted build resumes where it stopped.
+
+The key cannot see the source files themselves, so `sources.csv` in the cache folder records,
+per cached id, the source file it was made from (id,path,size,mtime_ns). An id whose source
+path, size or mtime differs from the record (a regenerated or replaced image), or that has no
+record, counts as missing and is rebuilt. The record is saved as results come back (and when
+a build stops), so an interrupted build still resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -20,8 +29,8 @@ import numpy as np
 import pandas as pd
 from ..utils.progress import progress
 
-from ..utils.errors import DataError
-from ..utils.io import atomic_path, write_json
+from ..utils.errors import DataError, UserError
+from ..utils.io import atomic_path, write_csv, write_json
 from ..utils.parallel import process_pool
 from .images import read_gray8
 from .layout import working_root
@@ -29,6 +38,13 @@ from .preprocess import StepContext, run_pipeline, validate_steps
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+SOURCES_CSV = "sources.csv"
+SOURCE_COLUMNS = ["id", "path", "size", "mtime_ns"]
+SAVE_EVERY_S = 30.0  # how often a running build saves sources.csv
+# errno values that mean "the disk (or the user's quota) is full"
+DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
+
+Stamp = tuple[str, int, int]  # (source path, size, mtime_ns)
 
 
 def cache_key(dataset: str, source_root: str, size: int, steps: list[dict]) -> str:
@@ -37,19 +53,55 @@ def cache_key(dataset: str, source_root: str, size: int, steps: list[dict]) -> s
     return f"{dataset}-{size}px-{digest}"
 
 
-def _process_one(args: tuple[dict, list[dict], int, str]) -> tuple[str, str | None]:
+def source_stamp(path: str) -> Stamp | None:
+    """(path, size, mtime_ns) of a source image, None when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return str(path), int(st.st_size), int(st.st_mtime_ns)
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True when `exc` (or an exception it was raised from) is an OSError for a full disk or quota."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _process_one(args: tuple[dict, list[dict], int, str]) -> tuple[str, str | None, Stamp | None, bool]:
+    """Preprocess one image; returns (id, error or None, source stamp, disk full).
+
+    The stamp is taken before the source is read, so a source replaced while it is being read
+    no longer matches its stamp and is rebuilt by the next build.
+    """
     record, steps, size, out_path = args
+    stamp = source_stamp(record["path"])
     try:
         image = read_gray8(record["path"]).pixels
         image = run_pipeline(image, steps, StepContext(size=size, record=record))
         ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise DataError(f"could not encode cached image for id {record['id']}")
-        with atomic_path(out_path) as tmp:
+        with atomic_path(out_path, fsync=False) as tmp:  # a rebuildable file: no fsync per image
             tmp.write_bytes(buf.tobytes())
-        return record["id"], None
+        return record["id"], None, stamp, False
     except Exception as exc:  # reported per image below, never swallowed
-        return record["id"], f"{record['path']}: {exc}"
+        if is_disk_full(exc):
+            return record["id"], f"writing {out_path}: {exc}", None, True
+        return record["id"], f"{record['path']}: {exc}", None, False
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
 
 
 class PreprocessCache:
@@ -64,27 +116,133 @@ class PreprocessCache:
     def path(self, image_id: str) -> Path:
         return self.dir / f"{image_id}.png"
 
+    @property
+    def sources_path(self) -> Path:
+        return self.dir / SOURCES_CSV
+
+    # ----------------------------------------------------------------- source records
+
+    def read_sources(self) -> dict[str, Stamp]:
+        """The recorded source stamp of each cached id (empty when there is no usable record)."""
+        path = self.sources_path
+        if not path.is_file():
+            return {}
+        try:
+            frame = pd.read_csv(path, dtype={"id": str, "path": str}, keep_default_na=False)
+            return {i: (p, int(s), int(m)) for i, p, s, m in
+                    zip(frame["id"], frame["path"], frame["size"], frame["mtime_ns"])}
+        except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            log.warning("cache %s: %s is unreadable (%s); every image will be rebuilt", self.key, path, exc)
+            return {}
+
+    def _write_sources(self, sources: dict[str, Stamp]) -> None:
+        ids = sorted(sources)
+        frame = pd.DataFrame({"id": ids, "path": [sources[i][0] for i in ids],
+                              "size": [sources[i][1] for i in ids], "mtime_ns": [sources[i][2] for i in ids]},
+                             columns=SOURCE_COLUMNS)
+        try:
+            write_csv(frame, self.sources_path)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise self._disk_full_error(f"cannot write {self.sources_path}: {exc}") from exc
+            raise
+
+    def _stale_mask(self, table: pd.DataFrame, sources: dict[str, Stamp]) -> list[bool]:
+        """True for each row whose cached image is absent, unrecorded, or made from another source file."""
+        mask = []
+        for image_id, src in zip(table["id"], table["path"]):
+            recorded = sources.get(str(image_id))
+            mask.append(recorded is None or recorded != source_stamp(str(src)) or not self.path(image_id).is_file())
+        return mask
+
     def missing(self, table: pd.DataFrame) -> pd.DataFrame:
-        return table[[not self.path(i).is_file() for i in table["id"]]]
+        """Rows of `table` (id, path, ...) whose cached image must be (re)built: absent, without a
+        source record, or made from a source whose path, size or mtime has changed since."""
+        return table[self._stale_mask(table, self.read_sources())]
+
+    # ----------------------------------------------------------------- building
+
+    def _disk_full_error(self, detail: str) -> UserError:
+        probe = self.dir
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            usage = shutil.disk_usage(probe)
+            space = f"{_human_bytes(usage.free)} free of {_human_bytes(usage.total)}"
+        except OSError:
+            space = "free space unknown"
+        return UserError(
+            f"the disk holding the cache folder {self.dir} is full or over quota ({space}): {detail}. "
+            f"Free some space on it (old cache folders under {self.dir.parent} can be deleted) or set "
+            f"BONEAGE_WORKING to a folder on a bigger disk, then rerun: the cache resumes where it stopped."
+        )
 
     def build(self, table: pd.DataFrame, workers: int | None = None, desc: str = "cache") -> None:
-        """Fill the cache for every row of `table` (id, path, ...), in parallel, resumably."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        manifest = self.dir / "manifest.json"
-        if not manifest.is_file():
-            write_json({"key": self.key, "size": self.size, "steps": self.steps, "version": CACHE_VERSION}, manifest)
-        todo = self.missing(table)
+        """Fill the cache for every row of `table` (id, path, ...), in parallel, resumably.
+
+        Images whose source file changed since they were cached are rebuilt; the others are
+        left untouched. A full disk raises a UserError that names the cache folder.
+        """
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            manifest = self.dir / "manifest.json"
+            if not manifest.is_file():
+                write_json({"key": self.key, "size": self.size, "steps": self.steps, "version": CACHE_VERSION},
+                           manifest)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise self._disk_full_error(str(exc)) from exc
+            raise
+        sources = self.read_sources()
+        stale = self._stale_mask(table, sources)
+        todo = table[stale]
         if todo.empty:
             log.info("cache %s: all %d images present", self.key, len(table))
             return
+        changed = [str(i) for i in todo["id"] if str(i) in sources]
+        if changed:
+            log.info("cache %s: %d cached images have a changed source file and are rebuilt (first: %s)",
+                     self.key, len(changed), changed[:5])
+        for image_id in changed:
+            del sources[image_id]  # no longer describes the cached file
         workers = workers or os.cpu_count() or 1
         jobs = [(rec, self.steps, self.size, str(self.path(rec["id"]))) for rec in todo.to_dict("records")]
         log.info("cache %s: preprocessing %d of %d images with %d workers", self.key, len(jobs), len(table), workers)
+        failures: list[str] = []
+        disk_full: str | None = None
         pool = process_pool(workers) if workers > 1 else None
-        with pool or contextlib.nullcontext():
+        bar = None
+        try:
             results = pool.map(_process_one, jobs, chunksize=max(1, len(jobs) // (workers * 16))) if pool \
                 else map(_process_one, jobs)
-            failures = [err for _, err in progress(results, total=len(jobs), desc=desc) if err]
+            bar = progress(results, total=len(jobs), desc=desc)
+            last_save = time.monotonic()
+            for image_id, err, stamp, full in bar:
+                if full:
+                    disk_full = err
+                    break
+                if err:
+                    failures.append(err)
+                    continue
+                if stamp is not None:
+                    sources[str(image_id)] = stamp
+                if time.monotonic() - last_save > SAVE_EVERY_S:
+                    self._write_sources(sources)
+                    last_save = time.monotonic()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._write_sources(sources)  # keep what was built (best effort: the disk may be full)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if disk_full is not None:
+            with contextlib.suppress(Exception):
+                self._write_sources(sources)
+            raise self._disk_full_error(disk_full)
+        self._write_sources(sources)
         if failures:
             shown = "\n  ".join(failures[:20])
             raise DataError(

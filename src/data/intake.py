@@ -256,6 +256,19 @@ def _read_csv(path: Path, root: Path, part: str, required: tuple[str, ...], opti
     assert header is not None
 
     stripped = [h.strip() for h in header]
+    width = len(header)
+    if records and width > 1 and not any(_fits(cells, width) for _, cells in records):
+        # Not one row has the header's columns: the file as a whole is unreadable (typically a header
+        # saved with ';' over rows with ','), and leaving every row out would silently empty the part.
+        sample = delimiter.join(records[0][1])
+        row_delims = [d for d in (",", ";", "\t") if d != delimiter and d in sample]
+        why = (f"the header is separated by {delimiter!r} but the rows by {row_delims[0]!r}" if row_delims else
+               f"every row has a different number of fields (first: line {records[0][0]}, "
+               f"{len(records[0][1])} field(s): {records[0][1]!r})")
+        raise fatal("unsplittable csv",
+                    f"none of its {len(records)} rows can be split into the header's {width} columns "
+                    f"({', '.join(repr(h) for h in stripped)}): {why}. Save the file with one separator "
+                    f"throughout (--skip-bad cannot help: it would leave out every row)")
     changed = [h for h, s in zip(header, stripped) if h != s]
     if changed:
         issues.append(Issue(part, "", header_line, name, "warning", "whitespace",
@@ -278,6 +291,13 @@ def _read_csv(path: Path, root: Path, part: str, required: tuple[str, ...], opti
         raise fatal("missing column",
                     f"missing column {names}; found columns: {', '.join(repr(s) for s in stripped)}")
     return _CsvRows(name, stripped, columns, records)
+
+
+def _fits(cells: list[str], width: int) -> bool:
+    """Whether a row splits into the header's `width` columns (trailing empty separators allowed)."""
+    if len(cells) > width and all(c.strip() == "" for c in cells[width:]):
+        return True
+    return len(cells) == width
 
 
 @dataclass

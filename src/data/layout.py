@@ -6,6 +6,7 @@ spelled out in exactly one place.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +33,25 @@ def working_root() -> Path:
 
 
 def dataset_name(input_dir: str | os.PathLike) -> str:
-    """A short name for a dataset root, used as `working/<dataset>/`.
+    """A short, readable, collision-free name for a dataset root, used as `working/<dataset>/`.
 
-    Kaggle's `-p input --unzip` puts the data straight into `input/`, so that root is
-    called `rsna-bone-age`; any other root is called by its folder name.
+    Kaggle's `-p input --unzip` puts the data straight into the project's `input/`, so that
+    root is called `rsna-bone-age`. Any other root is called by its folder name plus 6 hex
+    characters of the sha1 of its path, e.g. `rsna-100px-1a2b3c`, so two roots that share a
+    folder name (`a/x`, `b/x`) never share `working/<dataset>/`. The hashed path is relative to
+    the project root when the root lies inside the project (moving the checkout renames
+    nothing), else the resolved absolute path.
     """
     path = Path(input_dir).resolve()
-    if path == (PROJECT_ROOT / "input").resolve() or path.name == "input":
+    project = PROJECT_ROOT.resolve()
+    if path == project / "input":
         return "rsna-bone-age"
-    return path.name
+    try:
+        ident = path.relative_to(project).as_posix()
+    except ValueError:
+        ident = path.as_posix()
+    digest = hashlib.sha1(ident.encode("utf-8")).hexdigest()[:6]
+    return f"{path.name or 'root'}-{digest}"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ def build_train_transform(aug: dict) -> A.Compose:
             rotate=_pair(aug.get("rotate", 0)),
             scale=_pair(aug.get("scale", 1.0), 1.0) if not isinstance(aug.get("scale"), (list, tuple)) else tuple(aug["scale"]),
             translate_percent=_pair(aug.get("shift", 0)),
+            keep_ratio=True,  # isotropic: bone proportions carry age, so x and y scale together
             border_mode=cv2.BORDER_CONSTANT,
             fill=0,
             p=float(aug.get("p_affine", 0.0)),
@@ -74,6 +75,7 @@ def build_tta_view(view: dict) -> A.Compose:
                 rotate=(rotate, rotate),
                 scale=(scale, scale),
                 translate_percent={"x": (float(shift[0]),) * 2, "y": (float(shift[1]),) * 2},
+                keep_ratio=True,
                 border_mode=cv2.BORDER_CONSTANT,
                 fill=0,
                 p=1.0,

@@ -9,8 +9,11 @@ saved next to the outputs so every result says exactly how it was made.
 from __future__ import annotations
 
 import copy
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -31,9 +34,22 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return out
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader that also reads `3e-4` and `1E5` as floats: YAML 1.1 wants a dot and a signed
+    exponent (`3.0e-4`), so PyYAML reads the usual way of writing a learning rate as a string."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*\.?[0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _load_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: invalid YAML ({exc})") from exc
     if not isinstance(data, dict):
@@ -61,7 +77,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise UserError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = _yaml(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -122,16 +138,195 @@ def config_fingerprint(cfg: dict) -> str:
     return hashlib.sha1(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+# --- validation -------------------------------------------------------------------------------
+#
+# Every key is checked against the type of its value in defaults.yaml (int, float, bool, str,
+# list, mapping; a float key accepts an int, an int key neither a float nor a bool). A key whose
+# default is null accepts null, a scalar or a list unless a rule below says more. RULES narrow or
+# widen that for keys with a range or a choice; a new key in defaults.yaml is checked by its type
+# without any change here.
+
+
+@dataclass(frozen=True)
+class Rule:
+    check: Callable[[Any], bool]
+    expected: str  # completes "expected ...", e.g. "an integer >= 1"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bound_text(low, high, low_open, high_open) -> str:
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return ""
+
+
+def _in_bounds(value, low, high, low_open, high_open) -> bool:
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    return not (high is not None and (value >= high if high_open else value > high))
+
+
+def integer(low=None, high=None) -> Rule:
+    return Rule(lambda v: _is_int(v) and _in_bounds(v, low, high, False, False),
+                "an integer" + _bound_text(low, high, False, False))
+
+
+def number(low=None, high=None, low_open=False, high_open=False) -> Rule:
+    return Rule(lambda v: _is_number(v) and _in_bounds(v, low, high, low_open, high_open),
+                "a number" + _bound_text(low, high, low_open, high_open))
+
+
+def nullable(rule: Rule) -> Rule:
+    return Rule(lambda v: v is None or rule.check(v), f"null or {rule.expected}")
+
+
+def one_of(*choices) -> Rule:
+    return Rule(lambda v: isinstance(v, str) and v in choices, "one of " + ", ".join(choices))
+
+
+def number_or_pair(single: Rule, item: Rule = number()) -> Rule:
+    """A range given as one number (symmetric, +-) or as a pair [lo, hi] with lo <= hi."""
+
+    def check(v) -> bool:
+        if isinstance(v, list):
+            return len(v) == 2 and all(item.check(x) for x in v) and v[0] <= v[1]
+        return single.check(v)
+
+    pair = "numbers" if item.expected == "a number" else item.expected.replace("a number", "numbers")
+    return Rule(check, f"{single.expected}, or a pair [lo, hi] of {pair}")
+
+
+def list_of(item: Rule, items: str, non_empty: bool = False) -> Rule:
+    """A list whose every element passes `item`; `items` names them in the plural."""
+    return Rule(lambda v: isinstance(v, list) and (bool(v) or not non_empty) and all(item.check(x) for x in v),
+                f"{'a non-empty' if non_empty else 'a'} list of {items}")
+
+
+def _safe_name(value) -> bool:
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    return bool(text.strip()) and text not in (".", "..") and not re.search(r"[/\\\x00]", text)
+
+
+PROBABILITY = number(0, 1)
+MAPPING = Rule(lambda v: isinstance(v, dict), "a mapping")
+PREPROCESS_STEP = Rule(lambda v: isinstance(v, str) or (isinstance(v, dict) and "name" in v),
+                       "a step name or a mapping with 'name'")
+
+RULES: dict[str, Rule] = {
+    "name": Rule(_safe_name, "a name for the experiment folder (no '/', not empty)"),
+    "seed": integer(0),
+    "data.size": integer(32),
+    "data.channels": Rule(lambda v: _is_int(v) and v in (1, 3), "1 or 3"),
+    "data.preprocess": list_of(PREPROCESS_STEP, "step names or mappings with 'name'", non_empty=True),
+    "data.mean": number(),
+    "data.std": number(0, low_open=True),
+    "data.num_workers": integer(0),
+    "data.cache_workers": nullable(integer(1)),
+    "data.limit": nullable(integer(1)),
+    "model.pretrained_file": nullable(Rule(lambda v: isinstance(v, str) and bool(v.strip()), "a file path")),
+    "model.drop_rate": number(0, 1, high_open=True),
+    "model.drop_path_rate": number(0, 1, high_open=True),
+    "model.head_dropout": number(0, 1, high_open=True),
+    "model.sex_features": integer(1),
+    "model.head_hidden": list_of(integer(1), "integers >= 1"),
+    "optim.lr": number(0, low_open=True),
+    "optim.weight_decay": number(0),
+    "schedule.warmup_epochs": integer(0),
+    "schedule.warmup_lr": number(0),
+    "schedule.min_lr": number(0),
+    "train.epochs": integer(1),
+    "train.batch_size": integer(1),
+    "train.eval_batch_size": integer(1),
+    "train.grad_accum_steps": integer(1),
+    "train.amp_dtype": one_of("bfloat16", "float16", "none"),
+    "train.ema_decay": number(0, 1),
+    "train.grad_clip": nullable(number(0, low_open=True)),
+    "train.log_every": integer(0),
+    "train.predict_from": one_of("last", "best"),
+    "aug.rotate": number_or_pair(number(0)),
+    "aug.scale": number_or_pair(number(0, 1, high_open=True), number(0, low_open=True)),
+    "aug.shift": number_or_pair(number(0)),
+    "aug.brightness": number_or_pair(number(0)),
+    "aug.contrast": number_or_pair(number(0)),
+    "aug.gamma": Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v)
+                      and v[0] <= v[1], "a pair [lo, hi] of numbers > 0 (percent)"),
+    "aug.hflip": PROBABILITY,
+    "tta": list_of(MAPPING, "mappings (views such as {rotate: 6})", non_empty=True),
+}
+
+
+def _rule_from_default(key: str, default) -> Rule | None:
+    """The type the default's value implies; None where anything goes (a mapping recurses)."""
+    if key.rsplit(".", 1)[-1].startswith("p_"):
+        return PROBABILITY
+    if isinstance(default, bool):
+        return Rule(lambda v: isinstance(v, bool), "true or false")
+    if isinstance(default, int):
+        return integer()
+    if isinstance(default, float):
+        return number()
+    if isinstance(default, str):
+        return Rule(lambda v: isinstance(v, str), "a string")
+    if isinstance(default, list):
+        if default and all(isinstance(x, dict) for x in default):
+            return list_of(MAPPING, "mappings")
+        if default and all(_is_int(x) for x in default):
+            return list_of(integer(), "integers")
+        if default and all(_is_number(x) for x in default):
+            return list_of(number(), "numbers")
+        return Rule(lambda v: isinstance(v, list), "a list")
+    if default is None:
+        return Rule(lambda v: v is None or isinstance(v, (bool, int, float, str, list)), "null, a value or a list")
+    return None
+
+
+def _check(key: str, value, rule: Rule) -> None:
+    if rule.check(value):
+        return
+    if value is None:
+        raise UserError(f"{key} has no value (empty or null): expected {rule.expected}")
+    raise UserError(f"{key}={value!r}: expected {rule.expected}")
+
+
+def _validate_section(cfg: dict, defaults: dict, prefix: str = "") -> None:
+    for key, default in defaults.items():
+        if key not in cfg:
+            continue
+        dotted = f"{prefix}{key}"
+        value = cfg[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise UserError(f"{dotted}={value!r}: expected a mapping (the '{dotted}' section)")
+            _validate_section(value, default, dotted + ".")
+            continue
+        rule = RULES.get(dotted) or _rule_from_default(dotted, default)
+        if rule is not None:
+            _check(dotted, value, rule)
+
+
 def validate_config(cfg: dict) -> None:
-    """Catch the mistakes that would otherwise surface deep inside training."""
+    """Catch the mistakes that would otherwise surface deep inside training (or after the whole
+    cache was built): every value must have its default's type and lie in its range. A UserError
+    names the key, the value given and what was expected."""
     for section in ("data", "model", "target", "optim", "schedule", "train", "aug"):
-        if not isinstance(cfg.get(section), dict):
+        if section not in cfg:
             raise UserError(f"config lacks the '{section}' section")
-    if int(cfg["data"]["size"]) < 32:
-        raise UserError(f"data.size={cfg['data']['size']} is too small (at least 32 px)")
-    if cfg["train"]["amp_dtype"] not in ("bfloat16", "float16", "none", None):
-        raise UserError(f"train.amp_dtype must be bfloat16, float16 or none, not {cfg['train']['amp_dtype']!r}")
-    if int(cfg["train"]["grad_accum_steps"]) < 1:
-        raise UserError("train.grad_accum_steps must be >= 1")
+        if not isinstance(cfg[section], dict):
+            raise UserError(f"{section}={cfg[section]!r}: expected a mapping (the '{section}' section)")
+    defaults = _load_yaml(CONFIG_DIR / "defaults.yaml")
+    if "name" in cfg:
+        _check("name", cfg["name"], RULES["name"])
+    _validate_section(cfg, defaults)
     if not cfg.get("tta"):
         raise UserError("config needs a non-empty `tta` list (use [{name: identity}] for none)")

@@ -95,7 +95,7 @@ def train_one_epoch(model, loader: DataLoader, codec, optimizer, scheduler, scal
         batch_n = batch["image"].shape[0]
         total_loss += loss.item() * batch_n
         seen += batch_n
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
     elapsed = time.perf_counter() - start
     mean_loss = all_reduce_mean(total_loss / max(seen, 1), dist_info)
     images_per_s = all_reduce_mean(seen / max(elapsed, 1e-9), dist_info) * dist_info.world_size

@@ -1,5 +1,10 @@
-"""Train one fold: epochs with validation, best/last checkpoints, full-state resume, then OOF
-and test predictions with TTA from the best checkpoint."""
+"""Train one fold: a fixed schedule with per-epoch validation, best/last checkpoints, full-state
+resume, then OOF and test predictions with TTA.
+
+The OOF rows are this fold's validation images, so the weights that predict them must not be
+chosen on them. By default they come from the end of the fixed schedule (`predict_from: last`,
+the EMA weights when EMA is on). `predict_from: best` (the epoch with the lowest validation
+MAE) is an explicit, labelled option; `done.json` records both figures so the gap is visible."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -24,9 +30,8 @@ from ..data.dataset import BoneAgeDataset
 from ..data.folds import assert_disjoint
 from ..data.transforms import build_train_transform, build_tta_views
 from ..models import build_model, build_target
-from ..utils.io import read_id_csv, write_csv, write_json
-from .config import config_fingerprint
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from ..utils.io import read_id_csv, write_csv, write_json, write_yaml
+from .checkpoint import ema_weights, load_checkpoint, save_checkpoint, set_rng_state, unwrap
 from .distributed import DistInfo, barrier, broadcast_object
 from .loops import Precision, predict, train_one_epoch
 
@@ -54,26 +59,41 @@ class FoldData:
     cache: PreprocessCache
 
 
+@dataclass(frozen=True)
+class Fingerprints:
+    """`train`: everything that changes the trained weights (recipe, folds, audited tables, cache);
+    a last.pt is resumed only under the same one. `predictions`: that plus what changes the
+    predictions of those weights (TTA views, predict_from); done.json is reused only under it."""
+
+    train: str
+    predictions: str
+
+
 @dataclass
 class FoldContext:
     cfg: dict
     fold: int
     fold_dir: Path
     device: torch.device
+    fingerprints: Fingerprints
     dist: DistInfo = field(default_factory=DistInfo)
     callbacks: list[EpochCallback] = field(default_factory=list)
+    resolved: dict = field(default_factory=dict)  # inputs, checksums, versions: for config.yaml
 
 
 def _worker_init(worker_id: int) -> None:
     """Loader workers decode and augment with OpenCV; one thread each avoids oversubscribing cores."""
-    import cv2
-
     cv2.setNumThreads(1)
 
 
 def _loader(dataset, cfg: dict, ctx: FoldContext, train: bool, generator: torch.Generator | None = None):
     batch = int(cfg["train"]["batch_size"] if train else cfg["train"]["eval_batch_size"])
     workers = int(cfg["data"]["num_workers"])
+    if workers > 0:
+        # Workers are forked. If this process has run OpenCV with its thread pool (an in-process
+        # audit, cache build or a num_workers=0 loader), a forked worker hangs in its first
+        # OpenCV call on the pool's copied lock. One thread here first stops that pool.
+        cv2.setNumThreads(1)
     if ctx.dist.enabled:
         sampler = DistributedSampler(dataset, num_replicas=ctx.dist.world_size, rank=ctx.dist.rank,
                                      shuffle=train, seed=int(cfg["seed"]), drop_last=False)
@@ -110,19 +130,48 @@ def _tensorboard(fold_dir: Path, is_main: bool):
     return SummaryWriter(log_dir=str(fold_dir / "tensorboard"))
 
 
-def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
-    """Train, validate each epoch, keep best (by val MAE) and last, predict OOF and test with TTA."""
+def build_ema(model: torch.nn.Module, tcfg: dict, device: torch.device) -> ModelEmaV3 | None:
+    """EMA of the weights with warm-up: the decay ramps from 0 towards `ema_decay`, so a short
+    run's average is not dominated by the random initialisation (without warm-up, 300 updates at
+    0.998 leave 55% of the init in it)."""
+    if not tcfg.get("ema"):
+        return None
+    return ModelEmaV3(unwrap(model), decay=float(tcfg["ema_decay"]), use_warmup=bool(tcfg.get("ema_warmup", True)),
+                      device=device)
+
+
+def _resumable_state(last_path: Path, fingerprint: str, fold: int) -> dict | None:
+    if not last_path.is_file():
+        return None
+    state = load_checkpoint(last_path)
+    if state.get("fingerprint") != fingerprint:
+        log.warning("fold %d: %s was trained with another recipe, folds or data (fingerprint %s, now %s); "
+                    "this fold starts afresh (set a new `name=` to keep both)", fold, last_path,
+                    state.get("fingerprint"), fingerprint)
+        return None
+    return state
+
+
+def train_fold(ctx: FoldContext, data: FoldData, resume: bool = True) -> dict:
+    """Train the fixed schedule (resuming a matching last.pt when `resume`), then predict."""
     cfg, fold, fold_dir, device = ctx.cfg, ctx.fold, ctx.fold_dir, ctx.device
     tcfg = cfg["train"]
     assert_disjoint(data.train["id"], data.val["id"], context=f"fold {fold}")
     fold_seed = int(cfg["seed"]) + 1000 * fold
     seed_everything(fold_seed, bool(cfg.get("deterministic")))
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    state = _resumable_state(last_path, ctx.fingerprints.train, fold) if resume else None
     if ctx.dist.is_main:
         fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / "done.json").unlink(missing_ok=True)  # until this run predicts, the fold is not done
+        # What this fold is trained with, written as it starts (a run that failed validation never gets here).
+        write_yaml({**cfg, "_resolved": {**ctx.resolved, "fold": fold, "seed": fold_seed,
+                                         "fingerprint": ctx.fingerprints.train}}, fold_dir / "config.yaml")
     log.info("fold %d: %d train / %d val images, seed %d", fold, len(data.train), len(data.val), fold_seed)
 
     codec = build_target(cfg["target"]).fit(data.train["boneage"].to_numpy())
-    model, weights_source = build_model(cfg["model"], in_chans=int(cfg["data"]["channels"]), out_dim=codec.out_dim)
+    model_cfg = cfg["model"] if state is None else {**cfg["model"], "pretrained": False, "pretrained_file": None}
+    model, weights_source = build_model(model_cfg, in_chans=int(cfg["data"]["channels"]), out_dim=codec.out_dim)
     precision = Precision(device, tcfg.get("amp_dtype"), bool(tcfg.get("channels_last")))
     model.to(device)
     if precision.channels_last:
@@ -146,16 +195,9 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
         step_on_epochs=False, updates_per_epoch=updates_per_epoch,
     )
     scaler = precision.make_scaler()
-    ema = ModelEmaV3(unwrap(model), decay=float(tcfg["ema_decay"]), device=device) if tcfg.get("ema") else None
+    ema = build_ema(model, tcfg, device)
 
     start_epoch, best_mae, num_updates, history = 0, float("inf"), 0, []
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    fingerprint = config_fingerprint(cfg)
-    state = load_checkpoint(last_path) if resume and last_path.is_file() else None
-    if state is not None and state.get("fingerprint") != fingerprint:
-        log.warning("fold %d: %s was trained with another config (fingerprint %s, now %s); starting this fold "
-                    "afresh (set a new `name=` to keep both)", fold, last_path, state.get("fingerprint"), fingerprint)
-        state = None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -163,12 +205,13 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
         scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
+        codec.load_state_dict(state["target"])
         start_epoch, best_mae = int(state["epoch"]) + 1, float(state["best_mae"])
         num_updates, history = int(state["num_updates"]), list(state["history"])
         set_rng_state(state["rng"])
-        log.info("fold %d: resumed from %s at epoch %d (best val MAE %.2f)", fold, last_path, start_epoch, best_mae)
-    elif resume and not last_path.is_file():
-        log.info("fold %d: --resume given but no %s; starting fresh", fold, last_path)
+        weights_source = f"{last_path} (resumed after epoch {start_epoch} of {epochs})"
+    elif resume and ctx.dist.is_main and not last_path.is_file():
+        log.debug("fold %d: no %s to resume", fold, last_path)
 
     train_model = model
     if ctx.dist.enabled:
@@ -178,7 +221,7 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
         train_model = torch.compile(train_model)
 
     if ctx.dist.is_main:
-        log.info("fold %d: %s, weights %s, %d epochs, batch %d x %d accum x %d ranks, %s autocast, device %s",
+        log.info("fold %d: %s, weights from %s, %d epochs, batch %d x %d accum x %d ranks, %s autocast, device %s",
                  fold, cfg["model"]["backbone"], weights_source, epochs, tcfg["batch_size"], accum,
                  ctx.dist.world_size, tcfg.get("amp_dtype"), device)
     writer = _tensorboard(fold_dir, ctx.dist.is_main)
@@ -198,8 +241,8 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
         idx, pred = predict(eval_model, val_loader, codec, precision, ctx.dist, desc="validate")
         val_mae = float(np.mean(np.abs(pred - val_ds.ages[idx])))
         lr = optimizer.param_groups[0]["lr"]
-        row = {"fold": fold, "epoch": epoch + 1, "train_loss": stats.loss, "val_mae": val_mae, "lr": lr,
-               "img_per_s": stats.images_per_s, "seconds": time.perf_counter() - t0}
+        row = {"fold": fold, "epoch": epoch + 1, "train_loss": float(stats.loss), "val_mae": val_mae, "lr": lr,
+               "img_per_s": float(stats.images_per_s), "seconds": time.perf_counter() - t0}
         history.append(row)
         improved = val_mae < best_mae
         best_mae = min(best_mae, val_mae)
@@ -208,7 +251,7 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
                      fold, epoch + 1, epochs, stats.loss, val_mae, " *" if improved else "", lr,
                      stats.images_per_s, row["seconds"])
             common = dict(epoch=epoch, best_mae=best_mae, num_updates=num_updates, history=history,
-                          target=codec.state_dict(), config=cfg, fingerprint=fingerprint)
+                          target=codec.state_dict(), config=cfg, fingerprint=ctx.fingerprints.train)
             if improved:
                 save_checkpoint(best_path, model=eval_model, val_mae=val_mae, **common)
             save_checkpoint(last_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
@@ -226,14 +269,31 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = False) -> dict:
     return predict_fold(ctx, data, codec, precision)
 
 
+def prediction_weights(fold_dir: Path, predict_from: str) -> tuple[dict, dict, int]:
+    """(model state_dict, target state, epoch) of the weights that predict OOF and test rows.
+
+    `last`: the final epoch of the fixed schedule, EMA weights when EMA is on: nothing about them
+    was chosen on the validation fold. `best`: the epoch with the lowest validation MAE.
+    """
+    if predict_from not in ("last", "best"):
+        raise ValueError(f"train.predict_from must be 'last' or 'best', not {predict_from!r}")
+    state = load_checkpoint(fold_dir / f"{predict_from}.pt")
+    weights = state["model"]
+    if predict_from == "last" and state.get("ema") is not None:
+        weights = ema_weights(state["ema"])
+    return weights, state["target"], int(state["epoch"])
+
+
 def predict_fold(ctx: FoldContext, data: FoldData, codec, precision: Precision) -> dict:
-    """OOF (validation fold) and test predictions from the best checkpoint, with and without TTA."""
+    """OOF (validation fold) and test predictions, with and without TTA, from the weights that
+    `train.predict_from` names; done.json records the honest and the best-on-val figures."""
     cfg, fold_dir = ctx.cfg, ctx.fold_dir
-    state = load_checkpoint(fold_dir / "best.pt")
+    predict_from = cfg["train"].get("predict_from", "last")
+    weights, target_state, epoch = prediction_weights(fold_dir, predict_from)
     model, _ = build_model({**cfg["model"], "pretrained": False, "pretrained_file": None},
                            in_chans=int(cfg["data"]["channels"]), out_dim=codec.out_dim)
-    model.load_state_dict(state["model"])
-    codec.load_state_dict(state["target"])
+    model.load_state_dict(weights)
+    codec.load_state_dict(target_state)
     model.to(ctx.device)
     if precision.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -265,27 +325,33 @@ def predict_fold(ctx: FoldContext, data: FoldData, codec, precision: Precision) 
         oof = outputs["oof"]
         mae = float(np.mean(np.abs(oof["pred"] - oof["boneage"])))
         mae_no_tta = float(np.mean(np.abs(oof["pred_no_tta"] - oof["boneage"])))
-        write_json({"fold": ctx.fold, "fingerprint": config_fingerprint(cfg), "best_epoch": int(state["epoch"]) + 1, "best_val_mae_no_tta": float(state["val_mae"]),
-                    "oof_mae": mae, "oof_mae_no_tta": mae_no_tta, "n_val": len(oof)}, fold_dir / "done.json")
-        log.info("fold %d: OOF MAE %.2f mo with TTA-%d, %.2f without", ctx.fold, mae, len(views), mae_no_tta)
+        history = pd.read_csv(fold_dir / "metrics.csv")
+        best_row = history.loc[history["val_mae"].idxmin()]
+        write_json({
+            "fold": ctx.fold, "fingerprint": ctx.fingerprints.predictions, "train_fingerprint": ctx.fingerprints.train,
+            "predict_from": predict_from, "predicted_with_epoch": epoch + 1, "epochs": int(cfg["train"]["epochs"]),
+            "oof_mae": mae, "oof_mae_no_tta": mae_no_tta, "n_val": len(oof),
+            # the same fold's figures per epoch (no TTA): the last one is honest, the minimum is selected on it
+            "last_epoch_val_mae": float(history["val_mae"].iloc[-1]),
+            "best_epoch": int(best_row["epoch"]), "best_val_mae": float(best_row["val_mae"]),
+        }, fold_dir / "done.json")
+        log.info("fold %d: OOF MAE %.2f mo with TTA-%d, %.2f without (weights: %s epoch %d; best-on-val epoch "
+                 "%d would show %.2f, selected on these rows)", ctx.fold, mae, len(views), mae_no_tta, predict_from,
+                 epoch + 1, int(best_row["epoch"]), float(best_row["val_mae"]))
     barrier(ctx.dist)
     return broadcast_object({"fold": ctx.fold}, ctx.dist)
 
 
-def fold_is_done(fold_dir: Path, has_test: bool, fingerprint: str | None = None) -> bool:
-    """Predictions complete (and, given a fingerprint, made with that same config)."""
+def fold_status(fold_dir: Path, has_test: bool, fingerprint: str) -> str:
+    """`done` (predictions complete, made under `fingerprint`), `other` (complete, but made with
+    another recipe, folds or data) or `pending`."""
     done = fold_dir / "done.json"
     if not done.is_file() or not (fold_dir / "oof.csv").is_file():
-        return False
+        return "pending"
     if has_test and not (fold_dir / "test.csv").is_file():
-        return False
-    if fingerprint is not None:
-        made_with = json.loads(done.read_text()).get("fingerprint")
-        if made_with != fingerprint:
-            log.warning("%s: made with another config (fingerprint %s, now %s); it will be retrained",
-                        fold_dir, made_with, fingerprint)
-            return False
-    return True
+        return "pending"
+    made_with = json.loads(done.read_text()).get("fingerprint")
+    return "done" if made_with == fingerprint else "other"
 
 
 def read_fold_outputs(fold_dir: Path, part: str) -> pd.DataFrame:

@@ -72,8 +72,7 @@ def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file:
         except Exception as exc:  # offline, no such weights, hub error: all mean "from scratch"
             log.warning("%s: pretrained weights unavailable (%s: %s); training from scratch",
                         name, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-    else:
-        log.debug("%s: no pretrained weights (model.pretrained is false)", name)
+    # model.pretrained false: the caller says where the weights come from (scratch or a checkpoint)
     return timm.create_model(name, pretrained=False, **kwargs), "scratch"
 
 
@@ -95,9 +94,13 @@ class BoneAgeNet(nn.Module):
 
     def forward(self, image: torch.Tensor, male: torch.Tensor) -> torch.Tensor:
         features = self.backbone(image)
-        if self.sex_branch is not None:
-            features = torch.cat([features, self.sex_branch(male.to(features.dtype))], dim=1)
-        return self.head(features)
+        # The head runs in fp32 even under autocast: a bf16 output has 8 significant bits, which
+        # would put every prediction on a grid of ~0.3-0.7 months. It is a few small matmuls.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            features = features.float()
+            if self.sex_branch is not None:
+                features = torch.cat([features, self.sex_branch(male.float())], dim=1)
+            return self.head(features)
 
 
 def build_model(model_cfg: dict, in_chans: int, out_dim: int) -> tuple[BoneAgeNet, str]:

@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A data file or row is unusable; the message names the file or row."""
+
+
+class DiskFullError(UserError):
+    """A write failed because the disk (or the user's quota) is full; the message names the file
+    that was being written and how much space is left. The OSError it came from is its __cause__."""
