@@ -21,6 +21,8 @@ Options:
   --config NAME     baseline experiment config (default: baseline_inception_v3)
   --smoke           a quick check of the whole path: 100 training images, 1 epoch, in <config>-<profile>-limit100
   --force           retrain every fold from scratch (default: finished folds are skipped, interrupted ones resume)
+  --baseline-only   train the baseline only (default: then the profile's model family, src/configs/families.yaml)
+  --test-labels F   score the test predictions against this labels CSV in the leaderboard (repeatable)
   -h, --help        this help
 EOF
 }
@@ -32,6 +34,8 @@ PROFILE=""
 DEVICE=auto
 CONFIG=baseline_inception_v3
 SMOKE=0
+FAMILY=1
+LABELS=()
 FORCE=()
 EXTRA=()
 while (($#)); do
@@ -47,6 +51,9 @@ while (($#)); do
     --config=*) CONFIG=${1#*=} ;;
     --smoke) SMOKE=1 ;;
     --force) FORCE=(--force) ;;
+    --baseline-only) FAMILY=0 ;;
+    --test-labels) LABELS+=(--test-labels "${2:?--test-labels needs a file}"); shift ;;
+    --test-labels=*) LABELS+=(--test-labels "${1#*=}") ;;
     -h|--help) usage; exit 0 ;;
     *=*) EXTRA+=("$1") ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -110,10 +117,42 @@ stage "baseline: $CONFIG, profile $PROFILE (finished folds are skipped, an inter
 
 EXP="$WORK/$CONFIG-$PROFILE"
 ((SMOKE)) && EXP="$EXP-limit${SMOKE_LIMIT:-100}"
+
+if ((SMOKE)); then
+  stage "done (smoke run: the model family, stack and report are skipped)"
+  echo "baseline OOF:     $EXP/oof.csv"
+  [[ -f "$EXP/summary.txt" ]] && echo "baseline summary: $(cat "$EXP/summary.txt")"
+  exit 0
+fi
+
+if ((FAMILY)); then
+  MODELS=$("$PY" -c 'import sys, yaml; print(" ".join(yaml.safe_load(open("src/configs/families.yaml")).get(sys.argv[1]) or []))' "$PROFILE")
+  for MODEL in $MODELS; do
+    stage "model family: $MODEL, profile $PROFILE"
+    "$PY" -m src train --config "$MODEL" --profile "$PROFILE" --input "$INPUT" --device "$DEVICE" \
+      "${FORCE[@]}" "${EXTRA[@]}"
+  done
+fi
+
+stage "stack: linear stack of every finished model, nested by fold -> $WORK/stack/"
+"$PY" -m src stack --input "$INPUT"
+
+stage "leaderboard -> $WORK/leaderboard.md"
+"$PY" -m src leaderboard --input "$INPUT" "${LABELS[@]}"
+
+stage "report: OOF error by age bucket and sex, plots -> $WORK/report/index.html"
+"$PY" -m src report --input "$INPUT"
+
+if [[ -f "$WORK/stack/test.csv" ]]; then
+  stage "submission -> submission/submission.csv"
+  "$PY" -m src submit --input "$INPUT"
+fi
+
 stage "done"
 echo "audit report:     $WORK/audit.csv"
 echo "folds:            $WORK/folds.csv"
-echo "baseline OOF:     $EXP/oof.csv"
-[[ -f "$EXP/test.csv" ]] && echo "baseline test:    $EXP/test.csv"
-[[ -f "$EXP/summary.txt" ]] && echo "baseline summary: $(cat "$EXP/summary.txt")"
-echo "leaderboard, report, submission: not built yet (the stacking and report stages come in a later version)"
+echo "baseline summary: $(cat "$EXP/summary.txt")"
+echo "leaderboard:      $WORK/leaderboard.md"
+echo "report:           $WORK/report/index.html"
+[[ -f submission/submission.csv ]] && echo "submission:       submission/submission.csv"
+exit 0

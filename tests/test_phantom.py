@@ -102,6 +102,17 @@ def test_changed_counts_move_images_between_parts(small_set, tmp_path):
     assert (root / TRAIN_DIR / f"{moved}.png").read_bytes() == (small_set / TEST_DIR / f"{moved}.png").read_bytes()
 
 
+def test_a_phantom_without_test_images_has_no_test_part_and_audits(tmp_path):
+    from src.data.audit import run_audit
+
+    root = tmp_path / "train-only"
+    generate(root, PhantomParams(seed=4, scale=0.06, n_train=12, n_test=2), workers=1, progress=False)
+    generate(root, PhantomParams(seed=4, scale=0.06, n_train=12, n_test=0), workers=1, progress=False)
+    assert not (root / TEST_CSV).exists() and not (root / TEST_LABELS_CSV).exists()
+    result = run_audit(root, quiet=True)
+    assert len(result.train) == 12 and result.test is None
+
+
 def test_refuses_real_data_and_bad_arguments(tmp_path):
     real = tmp_path / "real"
     real.mkdir()

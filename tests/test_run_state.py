@@ -176,3 +176,27 @@ def test_smoke_mode_limits_images_and_writes_its_own_folder(tiny_phantom):
     assert len(read_id_csv(out / "test.csv")) == 5
     with pytest.raises(UserError, match="limit"):
         run_experiment(tiny_cfg("data.limit=2"), root, device="cpu")
+
+
+def test_the_number_of_folds_comes_from_folds_json(tiny_phantom):
+    root = audited(tiny_phantom)
+    assert cli_main(["folds", "--input", str(root), "--rebuild", "--n-folds", "3"]) == 0
+    out = run_experiment(tiny_cfg("train.epochs=1"), root, device="cpu")
+    oof = read_id_csv(out / "oof.csv")
+    assert sorted(oof["fold"].unique()) == [0, 1, 2] and len(oof) == 30
+    assert not (out / "fold3").exists()
+    with pytest.raises(UserError, match="folds 0..2"):
+        run_experiment(tiny_cfg("train.epochs=1"), root, folds=[4], device="cpu")
+
+
+def test_a_sex_specific_model_trains_and_predicts_its_own_sex_only(tiny_phantom):
+    root = audited(tiny_phantom)
+    out = run_experiment(tiny_cfg("train.epochs=1", "data.sex=female", "name=tiny_female"), root, device="cpu")
+    work = DatasetPaths(root).work_dir()
+    train, test = read_id_csv(work / "train.csv"), read_id_csv(work / "test.csv")
+    oof, pred = read_id_csv(out / "oof.csv"), read_id_csv(out / "test.csv")
+    assert set(oof["id"]) == set(train.loc[~train["male"], "id"]) and not oof["male"].any()
+    assert set(pred["id"]) == set(test.loc[~test["male"], "id"])
+    target = load_checkpoint(out / "fold0" / "last.pt")["target"]
+    folds = read_id_csv(work / "folds.csv")
+    assert np.isclose(target["mean"], folds.loc[(folds["fold"] != 0) & ~folds["male"], "boneage"].mean())

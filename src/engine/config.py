@@ -103,15 +103,40 @@ def apply_overrides(cfg: dict, overrides: list[str], strict: bool = True) -> dic
     return cfg
 
 
+def _load_experiment(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """An experiment YAML, merged over the experiment its `base:` names (a variant states only
+    what differs: `base: m46_regression` plus `target: {form: classification}`)."""
+    if path.resolve() in seen:
+        raise UserError(f"{path}: `base` makes a cycle ({' -> '.join(p.stem for p in seen)} -> {path.stem})")
+    experiment = _load_yaml(path)
+    base = experiment.pop("base", None)
+    if base is None:
+        return experiment
+    parent = _load_experiment(find_config(str(base)), seen + (path.resolve(),))
+    parent.pop("name", None)  # a variant's outputs never land in its base's folder
+    return deep_merge(parent, experiment)
+
+
 def load_config(name_or_path: str, profile: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Resolve defaults <- experiment <- profile <- overrides into one plain dict."""
+    """Resolve defaults <- experiment <- profile <- the experiment's own `profiles.<profile>`
+    section <- overrides into one plain dict.
+
+    A profile (cpu, demo, full) sets what every experiment shares on that hardware (size,
+    epochs, batch, workers). What differs per experiment on that hardware, such as the small
+    backbone that stands in for Inception-v3 on a CPU, lives in the experiment's `profiles:`
+    section, so an m46 config stays m46 under every profile.
+    """
     path = find_config(name_or_path)
     cfg = _load_yaml(CONFIG_DIR / "defaults.yaml")
-    experiment = _load_yaml(path)
+    experiment = _load_experiment(path)
+    per_profile = experiment.pop("profiles", None) or {}
+    if not isinstance(per_profile, dict):
+        raise UserError(f"{path}: `profiles` must map profile names to config sections")
     cfg = deep_merge(cfg, experiment)
     cfg.setdefault("name", path.stem)
     if profile:
         cfg = deep_merge(cfg, _load_yaml(find_config(profile, PROFILE_DIR)))
+        cfg = deep_merge(cfg, per_profile.get(profile) or {})
     cfg["profile"] = profile
     cfg = apply_overrides(cfg, overrides or [])
     # The output folder: the experiment's name (overridable, to keep variants apart) + profile.
@@ -254,6 +279,12 @@ RULES: dict[str, Rule] = {
     "train.grad_clip": nullable(number(0, low_open=True)),
     "train.log_every": integer(0),
     "train.predict_from": one_of("last", "best"),
+    "data.sex": one_of("both", "male", "female"),
+    "target.form": one_of("regression", "classification"),
+    "target.loss": one_of("l1", "smooth_l1", "mse"),
+    "target.bins": integer(2),
+    "target.ce_weight": number(0),
+    "target.ce_sigma": number(0, low_open=True),
     "aug.rotate": number_or_pair(number(0)),
     "aug.scale": number_or_pair(number(0, 1, high_open=True), number(0, low_open=True)),
     "aug.shift": number_or_pair(number(0)),

@@ -54,10 +54,12 @@ def package_versions() -> dict:
     return versions
 
 
-def load_inputs(input_dir: str | Path, dist: DistInfo, limit: int | None = None, seed: int = 0) -> ExperimentInputs:
+def load_inputs(input_dir: str | Path, dist: DistInfo, limit: int | None = None, seed: int = 0,
+                sex: str = "both") -> ExperimentInputs:
     """The audited tables (`python -m src audit`, which must be ok and current) joined with the
-    fold assignment. `limit` keeps a seeded random sample of that many training images (and at
-    most as many test images): a smoke run."""
+    fold assignment. `sex` (male|female) keeps that sex's rows only, train and test: a
+    sex-specific model. `limit` keeps a seeded random sample of that many training images (and
+    at most as many test images): a smoke run."""
     paths = DatasetPaths(Path(input_dir))
     require_audit(input_dir)
     work = paths.work_dir()
@@ -79,6 +81,12 @@ def load_inputs(input_dir: str | Path, dist: DistInfo, limit: int | None = None,
     if (work / "test.csv").is_file():
         test = read_id_csv(work / "test.csv")
         checksums["test_csv"] = file_sha256(work / "test.csv")
+    if sex != "both":
+        merged = merged[merged["male"] == (sex == "male")]
+        test = test[test["male"] == (sex == "male")] if test is not None else None
+        if merged.empty:
+            raise UserError(f"data.sex={sex}: {train_csv} has no {sex} training images")
+        checksums["sex"] = sex
     if limit:
         merged = merged.sample(n=min(int(limit), len(merged)), random_state=seed).sort_index()
         empty = sorted(set(range(n_folds)) - set(merged["fold"]))
@@ -131,7 +139,8 @@ def run_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None = N
     """
     dist, dev = init_distributed(device)
     try:
-        inputs = load_inputs(input_dir, dist, limit=cfg["data"].get("limit"), seed=int(cfg["seed"]))
+        inputs = load_inputs(input_dir, dist, limit=cfg["data"].get("limit"), seed=int(cfg["seed"]),
+                             sex=cfg["data"].get("sex", "both"))
         out_dir = experiment_dir(cfg, inputs.paths)
         todo = list(range(inputs.n_folds)) if folds is None else sorted(set(folds))
         bad = [k for k in todo if not 0 <= k < inputs.n_folds]

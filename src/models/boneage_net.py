@@ -1,8 +1,12 @@
-"""Backbone + sex branch + dense head: the RSNA 2017 winner's architecture for any timm backbone.
+"""Backbone + sex branch + dense head: the RSNA 2017 winner's architecture for any backbone.
 
 pooled image features ----------------\
                                        concat -> dense(1000) -> dense(1000) -> output
 male (0/1) -> dense(1 -> 32) -> ReLU -/
+
+A backbone is a timm model, or one of this project's models (PROJECT_BACKBONES, looked up first:
+`m46`, the paper's VGG-like network). A backbone may name its head's activation with a
+`head_activation` attribute (m46: ELU); timm backbones get ReLU.
 """
 
 from __future__ import annotations
@@ -19,8 +23,14 @@ import torch
 from torch import nn
 
 from ..utils.errors import UserError
+from .m46 import M46
 
 log = logging.getLogger(__name__)
+
+# Project models, checked before timm: name -> constructor(in_chans=, drop_rate=) with `.num_features`.
+PROJECT_BACKBONES: dict[str, type[nn.Module]] = {"m46": M46}
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU}
 
 
 def _hf_offline() -> bool:
@@ -41,19 +51,87 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _read_state_dict(path: Path) -> dict:
+    """Tensors from a .safetensors file, or a torch.save'd state_dict (weights_only) or checkpoint."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle with code, truncated file, not a torch file at all
+        raise UserError(f"model.pretrained_file {path}: cannot be read as weights ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):  # a checkpoint of this project (last.pt/best.pt) or a wrapper
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"model.pretrained_file {path}: expected a state_dict (names -> tensors)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):  # a whole BoneAgeNet: keep its backbone
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    return state
+
+
+def _adapt_stem(weight: torch.Tensor, in_chans: int, where: str) -> torch.Tensor:
+    """A stem conv's weights for `in_chans` inputs that respond alike to a grey image: k channels
+    -> 1 sums them; 1 -> k repeats the channel and divides by k."""
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    if weight.shape[1] == 1:
+        return weight.repeat(1, in_chans, 1, 1) / in_chans
+    raise UserError(f"{where}: its stem takes {weight.shape[1]} channels, the model {in_chans} (data.channels)")
+
+
+def _create_project_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file: str | None,
+                             drop_rate: float, drop_path_rate: float) -> tuple[nn.Module, str]:
+    """A project model (m46). It has no ImageNet weights: `pretrained` means "from scratch", and a
+    `pretrained_file` is a state_dict saved from the same model (or a checkpoint holding one)."""
+    if drop_path_rate:
+        log.warning("%s: model.drop_path_rate=%g is ignored (the model has no residual paths to drop)",
+                    name, drop_path_rate)
+    model = PROJECT_BACKBONES[name](in_chans=in_chans, drop_rate=drop_rate)
+    if pretrained_file:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"model.pretrained_file {path} does not exist")
+        state = _read_state_dict(path)
+        stem = f"{getattr(model, 'first_conv', '')}.weight"
+        if stem in state and state[stem].ndim == 4 and state[stem].shape[1] != in_chans:
+            log.info("%s: %s adapted from %d to %d input channel(s)", name, stem, state[stem].shape[1], in_chans)
+            state[stem] = _adapt_stem(state[stem], in_chans, f"model.pretrained_file {path}")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:400]
+            raise UserError(f"model.pretrained_file {path} does not hold {name} weights: {detail}") from exc
+        log.info("%s: weights from %s", name, path)
+        return model, f"file:{path}"
+    if pretrained:
+        log.info("%s: no pretrained weights exist for this model; training from scratch", name)
+    return model, "scratch"
+
+
 def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file: str | None,
                     drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> tuple[nn.Module, str]:
-    """A timm model without its classifier, and where its weights came from.
+    """A backbone without its classifier (pooled features out), and where its weights came from.
 
-    Weights come from `pretrained_file` when given (offline machines; timm adapts the stem to
-    `in_chans`), else from the hub when `pretrained` and reachable. Without either it trains
-    from scratch and says so; it never fails because a hub is out of reach.
+    A project model (PROJECT_BACKBONES, e.g. m46) is looked up first; any other name is a timm
+    model. For timm, weights come from `pretrained_file` when given (offline machines; timm adapts
+    the stem to `in_chans`), else from the hub when `pretrained` and reachable. Without either it
+    trains from scratch and says so; it never fails because a hub is out of reach.
     """
+    if name in PROJECT_BACKBONES:
+        return _create_project_backbone(name, in_chans, pretrained, pretrained_file, drop_rate, drop_path_rate)
     kwargs = {"num_classes": 0, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     if not timm.is_model(name.split(".")[0]):
-        raise UserError(f"unknown timm backbone '{name}' (see timm.list_models())")
+        raise UserError(f"unknown backbone '{name}': neither a project model ({', '.join(sorted(PROJECT_BACKBONES))}) "
+                        "nor a timm model (see timm.list_models())")
     if pretrained_file:
         path = Path(pretrained_file).expanduser()
         if not path.is_file():
@@ -77,15 +155,21 @@ def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file:
 
 
 class BoneAgeNet(nn.Module):
+    """`activation` is the head's ("relu", the winner's; "elu", the paper's m46 head); the sex
+    branch keeps its ReLU. Each hidden layer is Linear -> activation [-> Dropout(head_dropout)]."""
+
     def __init__(self, backbone: nn.Module, out_dim: int = 1, sex_input: bool = True, sex_features: int = 32,
-                 head_hidden: list[int] | tuple[int, ...] = (1000, 1000), head_dropout: float = 0.0):
+                 head_hidden: list[int] | tuple[int, ...] = (1000, 1000), head_dropout: float = 0.0,
+                 activation: str = "relu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"head activation must be one of {sorted(ACTIVATIONS)}, not {activation!r}")
         self.backbone = backbone
         self.sex_branch = nn.Sequential(nn.Linear(1, sex_features), nn.ReLU(inplace=True)) if sex_input else None
         width = backbone.num_features + (sex_features if sex_input else 0)
         layers: list[nn.Module] = []
         for hidden in head_hidden or []:
-            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(width, hidden), ACTIVATIONS[activation](inplace=True)]
             if head_dropout:
                 layers.append(nn.Dropout(head_dropout))
             width = hidden
@@ -113,5 +197,6 @@ def build_model(model_cfg: dict, in_chans: int, out_dim: int) -> tuple[BoneAgeNe
         backbone, out_dim=out_dim, sex_input=bool(model_cfg.get("sex_input", True)),
         sex_features=int(model_cfg.get("sex_features", 32)), head_hidden=model_cfg.get("head_hidden") or [],
         head_dropout=float(model_cfg.get("head_dropout", 0.0)),
+        activation=getattr(backbone, "head_activation", "relu"),  # m46: ELU; timm backbones: ReLU
     )
     return net, source

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,8 +223,16 @@ def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> list[dict]:
 def _write_tables(paths: DatasetPaths, df: pd.DataFrame) -> None:
     train, test = df[df["part"] == "train"], df[df["part"] == "test"]
     write_csv(train[["id", "boneage", "male"]], paths.train_csv)
-    write_csv(pd.DataFrame({"Case ID": test["id"], "Sex": test["male"].map({True: "M", False: "F"})}), paths.test_csv)
-    write_csv(test[["id", "boneage", "male"]], paths.test_labels_csv)
+    if test.empty:  # no test part at all: an empty test CSV would read as a test part that lost every row
+        paths.test_csv.unlink(missing_ok=True)
+        paths.test_labels_csv.unlink(missing_ok=True)
+        test_root = paths.test_dir.parent  # boneage-test-dataset/, emptied of images when the part moved
+        if test_root.is_dir() and not any(test_root.rglob("*.png")):
+            shutil.rmtree(test_root)
+    else:
+        write_csv(pd.DataFrame({"Case ID": test["id"], "Sex": test["male"].map({True: "M", False: "F"})}),
+                  paths.test_csv)
+        write_csv(test[["id", "boneage", "male"]], paths.test_labels_csv)
     cols = ["id", "part", "width", "height", "mirrored"]
     cols += [f"{k}_{axis}" for k in KEYPOINTS for axis in "xy"] + ["true_age"]
     write_csv(df[cols], paths.keypoints_csv)
