@@ -86,7 +86,10 @@ def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def _loader(dataset, cfg: dict, ctx: FoldContext, train: bool, generator: torch.Generator | None = None):
+def _loader(dataset, cfg: dict, ctx: FoldContext, train: bool, generator: torch.Generator | None = None,
+            persistent: bool = False):
+    """A loader; `persistent` keeps its workers between passes (training, and the per-epoch
+    validation, which would otherwise fork new workers every epoch)."""
     batch = int(cfg["train"]["batch_size"] if train else cfg["train"]["eval_batch_size"])
     workers = int(cfg["data"]["num_workers"])
     if workers > 0:
@@ -101,7 +104,7 @@ def _loader(dataset, cfg: dict, ctx: FoldContext, train: bool, generator: torch.
         sampler = RandomSampler(dataset, generator=generator) if train else None
     return DataLoader(
         dataset, batch_size=batch, sampler=sampler, shuffle=False, num_workers=workers,
-        pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0 and train,
+        pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0 and persistent,
         worker_init_fn=_worker_init if workers > 0 else None,
         drop_last=train and len(dataset) > batch * max(ctx.dist.world_size, 1),
     )
@@ -180,8 +183,8 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = True) -> dict:
     train_ds = _make_dataset(data.train, data, cfg, build_train_transform(cfg["aug"]), seed=fold_seed)
     val_ds = _make_dataset(data.val, data, cfg, None, seed=fold_seed)
     generator = torch.Generator()
-    train_loader = _loader(train_ds, cfg, ctx, train=True, generator=generator)
-    val_loader = _loader(val_ds, cfg, ctx, train=False)
+    train_loader = _loader(train_ds, cfg, ctx, train=True, generator=generator, persistent=True)
+    val_loader = _loader(val_ds, cfg, ctx, train=False, persistent=True)
 
     accum = int(tcfg["grad_accum_steps"])
     epochs = int(tcfg["epochs"])
