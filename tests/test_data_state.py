@@ -27,6 +27,7 @@ from src.data.layout import (
 )
 from src.data.preprocess import StepContext, run_pipeline
 from src.utils.errors import DataError, UserError
+from src.utils.io import DISK_FULL_ERRNOS
 
 STEPS = [{"name": "pad_square"}, {"name": "resize"}]
 
@@ -138,7 +139,7 @@ def test_interrupted_cache_build_keeps_its_records_and_resumes(tmp_path, monkeyp
     assert cache.missing(table).empty and file_state(cache.path("1001")) == kept
 
 
-@pytest.mark.parametrize("code", sorted(cache_module.DISK_FULL_ERRNOS), ids=errno.errorcode.get)
+@pytest.mark.parametrize("code", sorted(DISK_FULL_ERRNOS), ids=errno.errorcode.get)
 def test_full_disk_while_caching_is_reported_as_a_full_disk(tmp_path, monkeypatch, code):
     table = source_table(tmp_path / "src", n=3)
     cache = PreprocessCache("t", str(tmp_path / "src"), 32, STEPS)
@@ -155,7 +156,7 @@ def test_full_disk_while_caching_is_reported_as_a_full_disk(tmp_path, monkeypatc
     assert not isinstance(info.value, DataError)
     assert str(cache.dir) in message and "full" in message and "free" in message
     assert "audit" not in message
-    assert re.search(r"\d+(\.\d)? (B|KB|MB|GB|TB) free", message)
+    assert re.search(r"\d+(\.\d)? (B|KiB|MiB|GiB|TiB) free", message)
 
 
 # --------------------------------------------------------------------------- 2. dataset names

@@ -22,7 +22,6 @@ Any `error` makes the default run fail (after writing audit.csv and printing a s
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import shlex
@@ -36,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..utils.errors import DataError, UserError
-from ..utils.io import atomic_path, file_sha256, write_csv, write_json
+from ..utils.io import atomic_path, file_sha256, read_json_object, write_csv, write_json
 from ..utils.parallel import process_pool
 from .images import BLANK_STD, MIN_SIDE, REPORT_FIELDS, ImageReport, describe_non_image, inspect_image, sniff_format
 from .intake import IMAGE_SUFFIX, ISSUE_COLUMNS, Intake, IntakeError, Issue, find_sources, read_dataset
@@ -409,12 +408,7 @@ def require_audit(root: str | os.PathLike) -> dict:
     command = _audit_command(root)
     if not path.is_file():
         raise UserError(f"{root} is not audited yet (no {path}): run `{command}` first")
-    try:
-        info = json.loads(path.read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is unreadable ({exc}): rerun `{command}`") from exc
+    info = read_json_object(path, f"rerun `{command}`")
     audited = info.get("input")
     if not audited or Path(audited).resolve() != root.resolve():
         raise UserError(f"{path} is the audit of another root ({audited}), not of {root}: run `{command}`")

@@ -15,7 +15,6 @@ a build stops), so an interrupted build still resumes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ import pandas as pd
 from ..utils.progress import progress
 
 from ..utils.errors import DataError, UserError
-from ..utils.io import atomic_path, write_csv, write_json
+from ..utils.io import atomic_path, human_bytes, is_disk_full, write_csv, write_json
 from ..utils.parallel import process_pool
 from .images import read_gray8
 from .layout import working_root
@@ -41,8 +40,6 @@ CACHE_VERSION = 1
 SOURCES_CSV = "sources.csv"
 SOURCE_COLUMNS = ["id", "path", "size", "mtime_ns"]
 SAVE_EVERY_S = 30.0  # how often a running build saves sources.csv
-# errno values that mean "the disk (or the user's quota) is full"
-DISK_FULL_ERRNOS = frozenset(e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if e is not None)
 
 Stamp = tuple[str, int, int]  # (source path, size, mtime_ns)
 
@@ -60,17 +57,6 @@ def source_stamp(path: str) -> Stamp | None:
     except OSError:
         return None
     return str(path), int(st.st_size), int(st.st_mtime_ns)
-
-
-def is_disk_full(exc: BaseException | None) -> bool:
-    """True when `exc` (or an exception it was raised from) is an OSError for a full disk or quota."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
 
 
 def _process_one(args: tuple[dict, list[dict], int, str]) -> tuple[str, str | None, Stamp | None, bool]:
@@ -94,14 +80,6 @@ def _process_one(args: tuple[dict, list[dict], int, str]) -> tuple[str, str | No
         if is_disk_full(exc):
             return record["id"], f"writing {out_path}: {exc}", None, True
         return record["id"], f"{record['path']}: {exc}", None, False
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 class PreprocessCache:
@@ -168,7 +146,7 @@ class PreprocessCache:
             probe = probe.parent
         try:
             usage = shutil.disk_usage(probe)
-            space = f"{_human_bytes(usage.free)} free of {_human_bytes(usage.total)}"
+            space = f"{human_bytes(usage.free)} free of {human_bytes(usage.total)}"
         except OSError:
             space = "free space unknown"
         return UserError(

@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from ..utils.errors import DataError, UserError
-from ..utils.io import file_sha256, read_id_csv, write_csv, write_json
+from ..utils.io import file_sha256, read_id_csv, read_json_object, write_csv, write_json
 from .layout import CANONICAL_FOLDS
 
 log = logging.getLogger(__name__)
@@ -412,14 +412,7 @@ def read_folds_meta(work_dir: str | os.PathLike) -> dict:
     meta_path, csv_path = work_dir / "folds.json", work_dir / "folds.csv"
     where = _audited_input(work_dir)
     command = f"python -m src folds --input {shlex.quote(str(where)) if where else 'DIR'}"
-    if not meta_path.is_file():
-        raise UserError(f"{meta_path} not found: build the folds with `{command}`")
-    try:
-        meta = json.loads(meta_path.read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{meta_path} is unreadable ({exc}): rebuild the folds with `{command}`") from exc
+    meta = read_json_object(meta_path, f"build the folds with `{command}`")
     if not csv_path.is_file():
         raise UserError(f"{csv_path} not found (its {meta_path.name} is there): rebuild the folds with `{command}`")
     n_folds = meta.get("n_folds")

@@ -7,6 +7,7 @@ different fingerprints, so an OOF file never mixes recipes, folds or data."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -23,7 +24,7 @@ from ..data.cache import PreprocessCache
 from ..data.folds import read_folds_meta, resolve_folds
 from ..data.layout import DatasetPaths
 from ..utils.errors import UserError
-from ..utils.io import file_sha256, read_id_csv, sweep_orphan_temps, write_csv, write_json, write_text, write_yaml
+from ..utils.io import file_sha256, read_id_csv, write_csv, write_json, write_text, write_yaml
 from .config import config_fingerprint
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .trainer import (EpochCallback, Fingerprints, FoldContext, FoldData, fold_status, read_fold_outputs,
@@ -119,9 +120,6 @@ def fingerprints(cfg: dict, checksums: dict, cache_key: str) -> Fingerprints:
 
 
 def _digest(parts) -> str:
-    import hashlib
-    import json
-
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -155,9 +153,6 @@ def run_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None = N
             "fingerprint": prints.predictions, "train_fingerprint": prints.train,
             "packages": package_versions(), "argv": sys.argv, "device": str(dev), "world_size": dist.world_size}
         has_test = inputs.test is not None and not inputs.test.empty
-        if dist.is_main:
-            for folder in (out_dir, cache.dir):
-                sweep_orphan_temps(folder)
         train_now = []
         for fold in todo:
             status = fold_status(out_dir / f"fold{fold}", has_test, prints.predictions)

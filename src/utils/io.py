@@ -61,7 +61,7 @@ def current_umask() -> int:
     return mask
 
 
-def _human(n: int) -> str:
+def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
@@ -77,7 +77,7 @@ def _free_bytes(folder: Path) -> int | None:
         return None
 
 
-def _is_disk_full(exc: BaseException, free_before_cleanup: int | None) -> bool:
+def is_disk_full(exc: BaseException | None, free_before_cleanup: int | None = None) -> bool:
     """An OSError ENOSPC/EDQUOT anywhere in the chain, or a library's own wording of one (torch.save
     reports a full disk as RuntimeError '... file write failed' without an errno)."""
     seen, current = 0, exc
@@ -104,7 +104,7 @@ def _disk_full_error(path: Path, exc: BaseException) -> DiskFullError:
         current = current.__cause__ or current.__context__
         seen += 1
     free = _free_bytes(path.parent)
-    space = "free space unknown" if free is None else f"{free:,} bytes ({_human(free)}) free"
+    space = "free space unknown" if free is None else f"{free:,} bytes ({human_bytes(free)}) free"
     return DiskFullError(f"disk full ({reason}) while writing {path}: {space} in {path.parent}; "
                          f"free some space (old runs, caches) and run again")
 
@@ -160,7 +160,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
                                    dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        if _is_disk_full(exc, None):
+        if is_disk_full(exc):
             raise _disk_full_error(path, exc) from exc
         raise
     tmp_path = Path(tmp)
@@ -173,7 +173,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     except Exception as exc:
         free = _free_bytes(path.parent) if not isinstance(exc, DiskFullError) else None
         _unlink_quietly(tmp_path)
-        if not isinstance(exc, DiskFullError) and _is_disk_full(exc, free):
+        if not isinstance(exc, DiskFullError) and is_disk_full(exc, free):
             raise _disk_full_error(path, exc) from exc
         raise
     except BaseException:  # KeyboardInterrupt, SystemExit: still no half-written file
@@ -248,9 +248,9 @@ def sweep_orphan_temps(root: str | os.PathLike, *, legacy_age_s: float = 24 * 36
             removed.append(path)
             freed += st.st_size
             if len(removed) <= 20:
-                log.info("removed orphaned temporary file %s (%s; %s)", path, _human(st.st_size), reason)
+                log.info("removed orphaned temporary file %s (%s; %s)", path, human_bytes(st.st_size), reason)
     if removed:
-        log.info("removed %d orphaned temporary file(s) under %s, %s freed", len(removed), root, _human(freed))
+        log.info("removed %d orphaned temporary file(s) under %s, %s freed", len(removed), root, human_bytes(freed))
     return removed
 
 
@@ -302,3 +302,20 @@ def read_id_csv(path: str | os.PathLike, **kwargs):
             raise DataError(f"{path}: column 'male' has values other than True/False or 1/0 in rows {rows}")
         table["male"] = text.isin(["true", "1", "1.0"])
     return table
+
+
+def read_json_object(path: str | os.PathLike, advice: str) -> dict:
+    """A JSON file the project wrote, as a dict; a missing or unreadable one is a UserError
+    that ends with `advice` (the command that rebuilds it)."""
+    from .errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: {advice}")
+    try:
+        obj = json.loads(path.read_text())
+        if not isinstance(obj, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable ({exc}): {advice}") from exc
+    return obj
