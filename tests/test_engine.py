@@ -123,6 +123,40 @@ def test_finished_folds_are_skipped_by_default_and_force_retrains(tiny_phantom):
     assert load_checkpoint(out / "fold1" / "last.pt")["config"]["optim"]["lr"] == 0.001
 
 
+def test_jobs_train_folds_in_parallel_processes_like_one_process(tiny_phantom, tmp_path, monkeypatch, cli_main):
+    """`--jobs 2` trains every fold of several experiments from one queue, each fold in its own
+    process (1 thread each on 2 cores), and merges each experiment: the predictions of a serial
+    run with 1 thread, a log per fold, and a rerun retrains nothing."""
+    root = tiny_phantom
+    argv = ["train", "--input", str(root), "--device", "cpu", *TINY, "train.epochs=1"]
+    monkeypatch.setenv("BONEAGE_WORKING", str(tmp_path / "serial"))
+    audited(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(argv + ["--config", "baseline_inception_v3"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("BONEAGE_WORKING", str(tmp_path / "jobs"))
+    audited(root)
+    both = argv + ["--config", "baseline_inception_v3", "--config", "resnet_classification", "--jobs", "2"]
+    assert cli_main(both) == 0
+    serial_dir = next((tmp_path / "serial").glob("*/baseline_inception_v3"))
+    jobs_dir = next((tmp_path / "jobs").glob("*/baseline_inception_v3"))
+    serial, parallel = read_id_csv(serial_dir / "oof.csv"), read_id_csv(jobs_dir / "oof.csv")
+    assert list(serial["id"]) == list(parallel["id"]) and len(parallel) == 30
+    assert list(serial["fold"]) == list(parallel["fold"])
+    np.testing.assert_allclose(parallel["pred"], serial["pred"], atol=1e-4)
+    for exp_dir in (jobs_dir, jobs_dir.parent / "resnet_classification"):
+        assert len(read_id_csv(exp_dir / "oof.csv")) == 30
+        assert (exp_dir / "test.csv").is_file() and (exp_dir / "summary.json").is_file()
+        for fold in range(5):
+            assert "epoch 1/1" in (exp_dir / f"fold{fold}" / "train.log").read_text()
+    stamp = (jobs_dir / "fold0" / "last.pt").stat().st_mtime_ns
+    assert cli_main(both) == 0  # all done: nothing retrains
+    assert (jobs_dir / "fold0" / "last.pt").stat().st_mtime_ns == stamp
+
+
 def test_ddp_with_two_gloo_processes(tiny_phantom, tmp_path):
     root = audited(tiny_phantom)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
@@ -206,6 +240,38 @@ def test_tta_views_are_deterministic():
         if name == "identity":
             assert np.array_equal(a, image)
     assert len(load_config("baseline_inception_v3")["tta"]) == 10
+
+
+def test_one_pass_tta_equals_each_view_predicted_on_its_own():
+    """All views of a row go through one loader as one N*V batch; each column must be what that
+    view alone predicts, for the right row."""
+    from torch.utils.data import DataLoader
+
+    from src.data.dataset import BoneAgeDataset
+    from src.engine.loops import Precision, predict
+    from src.models.targets import RegressionTarget
+
+    rng = np.random.default_rng(0)
+    images = {str(i): (rng.random((32, 32)) * 255).astype(np.uint8) for i in range(7)}
+
+    class Cache:
+        def load(self, image_id):
+            return images[image_id]
+
+    table = pd.DataFrame({"id": list(images), "male": [i % 2 for i in range(7)], "boneage": np.arange(7.0)})
+    model, _ = build_model(tiny_cfg()["model"], 1, 1)
+    codec = RegressionTarget("l1")
+    codec.mean, codec.std = 100.0, 40.0
+    precision = Precision(torch.device("cpu"), None, False)
+    views = build_tta_views(load_config("baseline_inception_v3")["tta"])
+    multi = BoneAgeDataset(table, Cache(), views=[v for _, v in views])
+    idx, together = predict(model, DataLoader(multi, batch_size=3), codec, precision)
+    assert together.shape == (7, len(views)) and list(idx) == list(range(7))
+    for column, (name, view) in enumerate(views):
+        single = BoneAgeDataset(table, Cache(), transform=view)
+        _, alone = predict(model, DataLoader(single, batch_size=2), codec, precision)
+        np.testing.assert_allclose(together[:, column], alone, rtol=1e-5, atol=1e-4, err_msg=name)
+    assert np.ptp(together, axis=1).max() > 0  # the views differ
 
 
 def test_cache_is_built_once_and_keyed_by_pixels(tiny_phantom):

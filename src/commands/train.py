@@ -8,7 +8,9 @@ HELP = "Train an experiment config over folds; writes checkpoints, metrics, OOF 
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--config", required=True, metavar="NAME", help="experiment name under src/configs/ or a YAML path")
+    parser.add_argument("--config", required=True, action="append", metavar="NAME",
+                        help="experiment name under src/configs/ or a YAML path (repeatable: the experiments train "
+                             "one after another, or with --jobs from one queue of folds)")
     parser.add_argument("--profile", metavar="NAME", help="overlay from src/configs/profiles/ (demo, cpu, full)")
     parser.add_argument("--input", default="input", metavar="DIR", help="dataset root, audited with `python -m src audit`")
     parser.add_argument("--fold", type=int, action="append", metavar="K", help="train only this fold (repeatable; default: every fold)")
@@ -22,6 +24,9 @@ def add_arguments(parser) -> None:
                         help="retrain the requested folds from scratch (= --no-skip-existing --no-resume)")
     parser.add_argument("--limit", type=int, metavar="N",
                         help="smoke run on N random training images (data.limit; its own -limitN folder)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train N folds at once, in N processes sharing the cores (CPU: 2 jobs on 2 cores "
+                             "train ~1.4x faster than 1); logs per fold in fold<k>/train.log")
     parser.add_argument("--device", default="auto", metavar="DEV", help="auto | cpu | cuda | cuda:N (torchrun sets LOCAL_RANK)")
     parser.add_argument("--pretrained-file", metavar="FILE", help="local ImageNet weights for the backbone (model.pretrained_file)")
     parser.add_argument("--amp-dtype", choices=["bfloat16", "float16", "none"], help="train.amp_dtype")
@@ -58,12 +63,41 @@ def flag_overrides(args) -> list[str]:
     return out
 
 
+def child_arguments(args, config: str) -> list[str]:
+    """This run's arguments for a `--jobs` child training `config` (the child adds its own
+    `--fold K --jobs 1`): the same profile, input, device, resume/skip choices and overrides."""
+    argv = ["--input", args.input, "--device", args.device]
+    if args.profile:
+        argv += ["--profile", args.profile]
+    if args.force:
+        argv.append("--force")
+    if not args.resume:
+        argv.append("--no-resume")
+    if not args.skip_existing:
+        argv.append("--no-skip-existing")
+    return ["--config", config] + argv + list(args.overrides) + flag_overrides(args)
+
+
 def run(args) -> int:
     from ..engine.config import load_config
+    from ..utils.errors import UserError
 
-    cfg = load_config(args.config, args.profile, list(args.overrides) + flag_overrides(args))
-    from ..engine.experiment import run_experiment  # torch: imported only once the config is valid
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, not {args.jobs}")
+    overrides = list(args.overrides) + flag_overrides(args)
+    # every config is resolved and validated before any training starts
+    configs = [(name, load_config(name, args.profile, overrides)) for name in args.config]
+    resume, skip_existing = args.resume and not args.force, args.skip_existing and not args.force
+    if args.jobs > 1:
+        from ..engine.fold_jobs import ExperimentJob, run_folds_in_parallel
 
-    run_experiment(cfg, args.input, folds=args.fold, resume=args.resume and not args.force,
-                   skip_existing=args.skip_existing and not args.force, device=args.device)
+        run_folds_in_parallel([ExperimentJob(cfg, child_arguments(args, name)) for name, cfg in configs], args.input,
+                              args.jobs, folds=args.fold, resume=resume, skip_existing=skip_existing,
+                              device=args.device)
+        return 0
+    from ..engine.experiment import run_experiment  # torch: imported only once the configs are valid
+
+    for _, cfg in configs:
+        run_experiment(cfg, args.input, folds=args.fold, resume=resume, skip_existing=skip_existing,
+                       device=args.device)
     return 0

@@ -15,10 +15,15 @@ class BoneAgeDataset(Dataset):
 
     Returns a dict with `image` (C x H x W float), `male` (1-element float), `age` (months,
     NaN when unlabelled) and `index` (row in `table`, so predictions map back to ids).
+
+    With `views` (deterministic TTA transforms) instead of `transform`, `image` is V x C x H x W:
+    every view of a row from one cache read, so all of TTA is one pass through one loader.
     """
 
     def __init__(self, table: pd.DataFrame, cache: PreprocessCache, transform=None, channels: int = 1,
-                 mean: float = 0.5, std: float = 0.25, seed: int = 0):
+                 mean: float = 0.5, std: float = 0.25, seed: int = 0, views: list | None = None):
+        if transform is not None and views:
+            raise ValueError("give a training transform or TTA views, not both")
         self.table = table.reset_index(drop=True)
         self.ids = self.table["id"].astype(str).tolist()
         self.male = self.table["male"].astype(bool).to_numpy(dtype=np.float32)
@@ -26,6 +31,7 @@ class BoneAgeDataset(Dataset):
         self.ages = pd.to_numeric(ages, errors="coerce").to_numpy(dtype=np.float32)
         self.cache = cache
         self.transform = transform
+        self.views = list(views or [])
         self.channels = channels
         self.mean, self.std = float(mean), float(std)
         self.seed = int(seed)
@@ -43,15 +49,22 @@ class BoneAgeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict:
-        image = self.cache.load(self.ids[index])
-        if self.transform is not None:
-            self.transform.set_random_seed(self.sample_seed(index))
-            image = self.transform(image=image)["image"]
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(image)).float().div_(255.0).sub_(self.mean).div_(self.std)
         tensor = tensor.unsqueeze(0)
         if self.channels == 3:
             tensor = tensor.expand(3, -1, -1).contiguous()
+        return tensor
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.cache.load(self.ids[index])
+        if self.views:
+            tensor = torch.stack([self._to_tensor(view(image=image)["image"]) for view in self.views])
+        else:
+            if self.transform is not None:
+                self.transform.set_random_seed(self.sample_seed(index))
+                image = self.transform(image=image)["image"]
+            tensor = self._to_tensor(image)
         return {
             "image": tensor,
             "male": torch.tensor([self.male[index]]),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..data.audit import require_audit
 from ..data.cache import PreprocessCache
@@ -126,6 +127,56 @@ def _digest(parts) -> str:
 MERGED_OUTPUTS = ("oof.csv", "test.csv", "summary.json", "summary.txt", "config.yaml")
 
 
+@dataclass
+class ExperimentPlan:
+    """What a run of an experiment will do: the folds to train now, with the resolved inputs."""
+
+    inputs: ExperimentInputs
+    out_dir: Path
+    cache: PreprocessCache
+    prints: Fingerprints
+    resolved: dict
+    has_test: bool
+    train_now: list[int]
+
+
+def plan_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None, skip_existing: bool,
+                    dist: DistInfo, device: torch.device) -> ExperimentPlan:
+    """Resolve the inputs, pick the folds to train (finished ones are skipped unless forced) and,
+    when any fold will change, remove the stale merged files and build the cache once."""
+    inputs = load_inputs(input_dir, dist, limit=cfg["data"].get("limit"), seed=int(cfg["seed"]),
+                         sex=cfg["data"].get("sex", "both"))
+    out_dir = experiment_dir(cfg, inputs.paths)
+    todo = list(range(inputs.n_folds)) if folds is None else sorted(set(folds))
+    bad = [k for k in todo if not 0 <= k < inputs.n_folds]
+    if bad:
+        raise UserError(f"--fold {bad}: this dataset has folds 0..{inputs.n_folds - 1} ({inputs.folds_path})")
+    cache = PreprocessCache(inputs.paths.name, str(inputs.paths.root), int(cfg["data"]["size"]),
+                            cfg["data"]["preprocess"])
+    prints = fingerprints(cfg, inputs.checksums, cache.key)
+    resolved = {
+        "input": str(Path(input_dir).resolve()), "dataset": inputs.paths.name,
+        "folds_file": str(inputs.folds_path), **inputs.checksums, "cache_key": cache.key,
+        "fingerprint": prints.predictions, "train_fingerprint": prints.train,
+        "packages": package_versions(), "argv": sys.argv, "device": str(device), "world_size": dist.world_size}
+    has_test = inputs.test is not None and not inputs.test.empty
+    train_now = []
+    for fold in todo:
+        status = fold_status(out_dir / f"fold{fold}", has_test, prints.predictions)
+        if skip_existing and status == "done":
+            log.info("fold %d: already done under this recipe (%s), skipped (--force retrains it)",
+                     fold, out_dir / f"fold{fold}" / "done.json")
+        else:
+            train_now.append(fold)
+    if dist.is_main and train_now:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in MERGED_OUTPUTS:  # about to change a fold: the merged files would be stale
+            (out_dir / name).unlink(missing_ok=True)
+        tables = [inputs.train] + ([inputs.test] if inputs.test is not None else [])
+        cache.build(pd.concat(tables, ignore_index=True), workers=cfg["data"].get("cache_workers"))
+    return ExperimentPlan(inputs, out_dir, cache, prints, resolved, has_test, train_now)
+
+
 def run_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None = None, resume: bool = True,
                    skip_existing: bool = True, device: str = "auto",
                    callbacks: list[EpochCallback] | None = None) -> Path:
@@ -137,44 +188,19 @@ def run_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None = N
     """
     dist, dev = init_distributed(device)
     try:
-        inputs = load_inputs(input_dir, dist, limit=cfg["data"].get("limit"), seed=int(cfg["seed"]),
-                             sex=cfg["data"].get("sex", "both"))
-        out_dir = experiment_dir(cfg, inputs.paths)
-        todo = list(range(inputs.n_folds)) if folds is None else sorted(set(folds))
-        bad = [k for k in todo if not 0 <= k < inputs.n_folds]
-        if bad:
-            raise UserError(f"--fold {bad}: this dataset has folds 0..{inputs.n_folds - 1} ({inputs.folds_path})")
-        cache = PreprocessCache(inputs.paths.name, str(inputs.paths.root), int(cfg["data"]["size"]),
-                                cfg["data"]["preprocess"])
-        prints = fingerprints(cfg, inputs.checksums, cache.key)
-        resolved = {
-            "input": str(Path(input_dir).resolve()), "dataset": inputs.paths.name,
-            "folds_file": str(inputs.folds_path), **inputs.checksums, "cache_key": cache.key,
-            "fingerprint": prints.predictions, "train_fingerprint": prints.train,
-            "packages": package_versions(), "argv": sys.argv, "device": str(dev), "world_size": dist.world_size}
-        has_test = inputs.test is not None and not inputs.test.empty
-        train_now = []
-        for fold in todo:
-            status = fold_status(out_dir / f"fold{fold}", has_test, prints.predictions)
-            if skip_existing and status == "done":
-                log.info("fold %d: already done under this recipe (%s), skipped (--force retrains it)",
-                         fold, out_dir / f"fold{fold}" / "done.json")
-            else:
-                train_now.append(fold)
-        if dist.is_main and train_now:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for name in MERGED_OUTPUTS:  # about to change a fold: the merged files would be stale
-                (out_dir / name).unlink(missing_ok=True)
-            tables = [inputs.train] + ([inputs.test] if inputs.test is not None else [])
-            cache.build(pd.concat(tables, ignore_index=True), workers=cfg["data"].get("cache_workers"))
+        plan = plan_experiment(cfg, input_dir, folds, skip_existing, dist, dev)
+        inputs, out_dir = plan.inputs, plan.out_dir
         barrier(dist)
-        for fold in train_now:
+        for fold in plan.train_now:
             is_val = inputs.train["fold"] == fold
-            data = FoldData(inputs.train[~is_val], inputs.train[is_val], inputs.test if has_test else None, cache)
-            ctx = FoldContext(cfg, fold, out_dir / f"fold{fold}", dev, prints, dist, list(callbacks or []), resolved)
+            data = FoldData(inputs.train[~is_val], inputs.train[is_val], inputs.test if plan.has_test else None,
+                            plan.cache)
+            ctx = FoldContext(cfg, fold, out_dir / f"fold{fold}", dev, plan.prints, dist, list(callbacks or []),
+                              plan.resolved)
             train_fold(ctx, data, resume=resume)
         if dist.is_main:
-            merge_predictions(out_dir, inputs, has_test, prints.predictions, {**cfg, "_resolved": resolved})
+            merge_predictions(out_dir, inputs, plan.has_test, plan.prints.predictions,
+                              {**cfg, "_resolved": plan.resolved})
         barrier(dist)
         return out_dir
     finally:

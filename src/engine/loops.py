@@ -107,6 +107,9 @@ def predict(model, loader: DataLoader, codec, precision: Precision, dist_info: D
             desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
     """Decoded predictions for every row of the loader's dataset, as (row indices, predictions).
 
+    A batch of multi-view images (N x V x C x H x W, TTA) runs as one N*V batch and gives
+    predictions of shape (rows, V); single images give shape (rows,).
+
     Under DDP each rank predicts its shard; shards are gathered and de-duplicated (the
     distributed sampler pads with repeats), so every rank returns the whole set.
     """
@@ -114,10 +117,16 @@ def predict(model, loader: DataLoader, codec, precision: Precision, dist_info: D
     net.eval()
     indices, preds = [], []
     for batch in progress(loader, desc=desc, leave=False, disable=not dist_info.is_main):
-        batch = precision.to_device(batch)
+        image, male = batch["image"], batch["male"]
+        n_views = image.shape[1] if image.dim() == 5 else 0
+        if n_views:
+            image = image.flatten(0, 1)
+            male = male.repeat_interleave(n_views, dim=0)
+        batch = precision.to_device({**batch, "image": image, "male": male})
         with precision.autocast():
             outputs = net(*(batch[k] for k in INPUT_KEYS))
-        preds.append(codec.decode(outputs).float().cpu().numpy())
+        decoded = codec.decode(outputs).float().cpu().numpy()
+        preds.append(decoded.reshape(-1, n_views) if n_views else decoded)
         indices.append(batch["index"].cpu().numpy())
     idx = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
     out = np.concatenate(preds) if preds else np.zeros(0, dtype=np.float32)

@@ -87,10 +87,12 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _loader(dataset, cfg: dict, ctx: FoldContext, train: bool, generator: torch.Generator | None = None,
-            persistent: bool = False):
+            persistent: bool = False, rows_per_batch_divisor: int = 1):
     """A loader; `persistent` keeps its workers between passes (training, and the per-epoch
-    validation, which would otherwise fork new workers every epoch)."""
+    validation, which would otherwise fork new workers every epoch). A TTA loader yields every
+    view of a row, so it takes eval_batch_size / views rows a batch: the same images a batch."""
     batch = int(cfg["train"]["batch_size"] if train else cfg["train"]["eval_batch_size"])
+    batch = max(1, batch // max(1, rows_per_batch_divisor))
     workers = int(cfg["data"]["num_workers"])
     if workers > 0:
         # Workers are forked. If this process has run OpenCV with its thread pool (an in-process
@@ -110,10 +112,10 @@ def _loader(dataset, cfg: dict, ctx: FoldContext, train: bool, generator: torch.
     )
 
 
-def _make_dataset(table, data: FoldData, cfg: dict, transform, seed: int) -> BoneAgeDataset:
+def _make_dataset(table, data: FoldData, cfg: dict, transform, seed: int, views: list | None = None) -> BoneAgeDataset:
     d = cfg["data"]
     return BoneAgeDataset(table, data.cache, transform=transform, channels=int(d["channels"]),
-                          mean=float(d["mean"]), std=float(d["std"]), seed=seed)
+                          mean=float(d["mean"]), std=float(d["std"]), seed=seed, views=views)
 
 
 def write_metrics(rows: list[dict], fold_dir: Path) -> None:
@@ -305,13 +307,11 @@ def predict_fold(ctx: FoldContext, data: FoldData, codec, precision: Precision) 
     for part, table in (("oof", data.val), ("test", data.test)):
         if table is None or table.empty:
             continue
-        per_view = []
-        for name, view in views:
-            ds = _make_dataset(table, data, cfg, view, seed=0)
-            _, pred = predict(model, _loader(ds, cfg, ctx, train=False), codec, precision, ctx.dist,
-                              desc=f"{part} tta {name}")
-            per_view.append(pred)
-        stacked = np.stack(per_view, axis=1)
+        # Every view of a row in one pass: one loader and one cache read per row, not one per view.
+        ds = _make_dataset(table, data, cfg, None, seed=0, views=[view for _, view in views])
+        _, stacked = predict(model, _loader(ds, cfg, ctx, train=False, rows_per_batch_divisor=len(views)), codec,
+                             precision, ctx.dist, desc=f"{part} TTA-{len(views)}")
+        per_view = list(stacked.T)
         frame = pd.DataFrame({"id": table["id"].astype(str).to_numpy()})
         if part == "oof":
             frame["fold"] = ctx.fold
