@@ -141,7 +141,7 @@ class ExperimentPlan:
 
 
 def plan_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None, skip_existing: bool,
-                    dist: DistInfo, device: torch.device) -> ExperimentPlan:
+                    dist: DistInfo, device: torch.device, log_skips: bool = True) -> ExperimentPlan:
     """Resolve the inputs, pick the folds to train (finished ones are skipped unless forced) and,
     when any fold will change, remove the stale merged files and build the cache once."""
     inputs = load_inputs(input_dir, dist, limit=cfg["data"].get("limit"), seed=int(cfg["seed"]),
@@ -164,7 +164,7 @@ def plan_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None, s
     for fold in todo:
         status = fold_status(out_dir / f"fold{fold}", has_test, prints.predictions)
         if skip_existing and status == "done":
-            log.info("fold %d: already done under this recipe (%s), skipped (--force retrains it)",
+            log.log(logging.INFO if log_skips else logging.DEBUG, "fold %d: already done under this recipe (%s), skipped (--force retrains it)",
                      fold, out_dir / f"fold{fold}" / "done.json")
         else:
             train_now.append(fold)
@@ -179,7 +179,7 @@ def plan_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None, s
 
 def run_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None = None, resume: bool = True,
                    skip_existing: bool = True, device: str = "auto",
-                   callbacks: list[EpochCallback] | None = None) -> Path:
+                   callbacks: list[EpochCallback] | None = None, log_skips: bool = True) -> Path:
     """Train the requested folds (all by default) and write merged predictions when all are done.
 
     By default a fold whose predictions are complete under the same fingerprint is skipped, and
@@ -188,7 +188,7 @@ def run_experiment(cfg: dict, input_dir: str | Path, folds: list[int] | None = N
     """
     dist, dev = init_distributed(device)
     try:
-        plan = plan_experiment(cfg, input_dir, folds, skip_existing, dist, dev)
+        plan = plan_experiment(cfg, input_dir, folds, skip_existing, dist, dev, log_skips=log_skips)
         inputs, out_dir = plan.inputs, plan.out_dir
         barrier(dist)
         for fold in plan.train_now:

@@ -85,8 +85,9 @@ def run_folds_in_parallel(experiments: list[ExperimentJob], input_dir: str, jobs
 
     def finish(job: ExperimentJob) -> None:
         if not job.left:  # a failed fold stays in `left`: its experiment is not merged
+            # every fold is done: this only merges (the skips were logged when planning)
             out_dirs[job.name] = run_experiment(job.cfg, input_dir, folds=folds, resume=resume, skip_existing=True,
-                                                device=device)
+                                                device=device, log_skips=False)
 
     for job in experiments:
         if not job.left:
