@@ -204,7 +204,8 @@ def test_pretrained_file_flag_reaches_the_config(tmp_path):
     train.add_arguments(parser)
     args = parser.parse_args(["--config", "baseline_inception_v3", "--pretrained-file", str(tmp_path / "w.pth"),
                               "--amp-dtype", "float16", "--grad-accum-steps", "4", "--no-channels-last"])
-    cfg = load_config(args.config, None, list(args.overrides) + train.flag_overrides(args))
+    assert args.config == ["baseline_inception_v3"]  # --config is repeatable
+    cfg = load_config(args.config[0], None, list(args.overrides) + train.flag_overrides(args))
     assert cfg["model"]["pretrained_file"] == str(tmp_path / "w.pth")
     assert cfg["train"]["amp_dtype"] == "float16" and cfg["train"]["grad_accum_steps"] == 4
     assert cfg["train"]["channels_last"] is False
