@@ -11,7 +11,7 @@ import sys
 from .utils.errors import UserError
 
 # command name -> module under src.commands (a fixed table, not user input)
-COMMANDS = ("phantom", "audit", "folds", "train", "stack", "leaderboard", "submit", "report")
+COMMANDS = ("phantom", "audit", "folds", "register", "train", "stack", "leaderboard", "submit", "report")
 # commands that write files (all of them: phantom data or its preview, audit tables, folds, runs)
 WRITING_COMMANDS = frozenset(COMMANDS)
 

@@ -2,7 +2,9 @@
 
 Training reads `working/cache/<key>/<id>.png` every epoch instead of a 2000x1500 original.
 The key hashes everything that changes pixels (dataset root, size, the steps and their
-parameters), so a changed recipe gets a fresh cache and an unchanged one is reused. Each file
+parameters, and the fingerprint of any file a step reads, such as the sha256 of the keypoint
+table that registration warps by), so a changed recipe gets a fresh cache and an unchanged one
+is reused. Each file
 is written atomically, so an interrupted build resumes where it stopped.
 
 The key cannot see the source files themselves, so `sources.csv` in the cache folder records,
@@ -33,7 +35,7 @@ from ..utils.io import atomic_path, human_bytes, is_disk_full, write_csv, write_
 from ..utils.parallel import process_pool
 from .images import read_gray8
 from .layout import working_root
-from .preprocess import StepContext, run_pipeline, validate_steps
+from .preprocess import StepContext, run_pipeline, step_inputs, validate_steps
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -44,8 +46,12 @@ SAVE_EVERY_S = 30.0  # how often a running build saves sources.csv
 Stamp = tuple[str, int, int]  # (source path, size, mtime_ns)
 
 
-def cache_key(dataset: str, source_root: str, size: int, steps: list[dict]) -> str:
+def cache_key(dataset: str, source_root: str, size: int, steps: list[dict], inputs: dict | None = None) -> str:
+    """`inputs` (the files steps read, by fingerprint) enters the key only when there are any, so
+    recipes without such steps keep the keys they always had."""
     spec = {"version": CACHE_VERSION, "source": str(Path(source_root).resolve()), "size": int(size), "steps": steps}
+    if inputs:
+        spec["inputs"] = inputs
     digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return f"{dataset}-{size}px-{digest}"
 
@@ -59,17 +65,17 @@ def source_stamp(path: str) -> Stamp | None:
     return str(path), int(st.st_size), int(st.st_mtime_ns)
 
 
-def _process_one(args: tuple[dict, list[dict], int, str]) -> tuple[str, str | None, Stamp | None, bool]:
+def _process_one(args: tuple[dict, list[dict], StepContext, str]) -> tuple[str, str | None, Stamp | None, bool]:
     """Preprocess one image; returns (id, error or None, source stamp, disk full).
 
     The stamp is taken before the source is read, so a source replaced while it is being read
     no longer matches its stamp and is rebuilt by the next build.
     """
-    record, steps, size, out_path = args
+    record, steps, ctx, out_path = args
     stamp = source_stamp(record["path"])
     try:
         image = read_gray8(record["path"]).pixels
-        image = run_pipeline(image, steps, StepContext(size=size, record=record))
+        image = run_pipeline(image, steps, ctx)
         ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise DataError(f"could not encode cached image for id {record['id']}")
@@ -83,13 +89,19 @@ def _process_one(args: tuple[dict, list[dict], int, str]) -> tuple[str, str | No
 
 
 class PreprocessCache:
-    """One cache directory for one (dataset, size, steps) recipe."""
+    """One cache directory for one (dataset, size, steps, step inputs) recipe."""
 
     def __init__(self, dataset: str, source_root: str, size: int, steps: list[dict]):
         self.steps = validate_steps(steps)
         self.size = int(size)
-        self.key = cache_key(dataset, source_root, self.size, self.steps)
+        self.work_dir = working_root() / dataset  # the dataset's tables that steps read (registration/)
+        self.inputs = step_inputs(self.steps, self.work_dir)
+        self.key = cache_key(dataset, source_root, self.size, self.steps, self.inputs)
         self.dir = working_root() / "cache" / self.key
+
+    def context(self, record: dict) -> StepContext:
+        """What the steps see for one image: the size, its row, and the dataset's tables."""
+        return StepContext(size=self.size, record=record, work_dir=self.work_dir, inputs=self.inputs)
 
     def path(self, image_id: str) -> Path:
         return self.dir / f"{image_id}.png"
@@ -165,8 +177,8 @@ class PreprocessCache:
             self.dir.mkdir(parents=True, exist_ok=True)
             manifest = self.dir / "manifest.json"
             if not manifest.is_file():
-                write_json({"key": self.key, "size": self.size, "steps": self.steps, "version": CACHE_VERSION},
-                           manifest)
+                write_json({"key": self.key, "size": self.size, "steps": self.steps, "version": CACHE_VERSION,
+                            **({"inputs": self.inputs} if self.inputs else {})}, manifest)
         except Exception as exc:
             if is_disk_full(exc):
                 raise self._disk_full_error(str(exc)) from exc
@@ -184,7 +196,7 @@ class PreprocessCache:
         for image_id in changed:
             del sources[image_id]  # no longer describes the cached file
         workers = workers or os.cpu_count() or 1
-        jobs = [(rec, self.steps, self.size, str(self.path(rec["id"]))) for rec in todo.to_dict("records")]
+        jobs = [(rec, self.steps, self.context(rec), str(self.path(rec["id"]))) for rec in todo.to_dict("records")]
         log.info("cache %s: preprocessing %d of %d images with %d workers", self.key, len(jobs), len(table), workers)
         failures: list[str] = []
         disk_full: str | None = None

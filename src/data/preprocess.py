@@ -8,6 +8,7 @@ here by name without touching the cache or the training code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import cv2
@@ -20,18 +21,42 @@ from ..utils.errors import UserError
 class StepContext:
     size: int
     record: dict[str, Any] = field(default_factory=dict)  # the image's row: id, path, male, ...
+    work_dir: Path | None = None  # working/<dataset>/: where a step finds its dataset's tables
+    inputs: dict[str, Any] = field(default_factory=dict)  # step name -> fingerprint of the files it reads
 
 
 StepFn = Callable[..., np.ndarray]
+InputsFn = Callable[[dict, Path], dict]
 STEPS: dict[str, StepFn] = {}
+STEP_INPUTS: dict[str, InputsFn] = {}
+PIPELINE_CHECKS: list[Callable[[list[dict]], None]] = []
 
 
-def register_step(name: str):
+def register_step(name: str, inputs: InputsFn | None = None):
+    """Register a step by name. A step that reads files besides the image (registration reads
+    the dataset's keypoint table) gives `inputs(step, work_dir) -> dict`, a fingerprint of those
+    files (e.g. their sha256): the cache key hashes it, so a changed file gets a fresh cache."""
+
     def wrap(fn: StepFn) -> StepFn:
         STEPS[name] = fn
+        if inputs is not None:
+            STEP_INPUTS[name] = inputs
         return fn
 
     return wrap
+
+
+def register_pipeline_check(check: Callable[[list[dict]], None]):
+    """Register `check(steps)`, run by validate_steps on the normalised list: a family of steps
+    that must come in some order (register before region) rejects a bad list before any work."""
+    PIPELINE_CHECKS.append(check)
+    return check
+
+
+def step_inputs(steps: list[dict], work_dir: Path) -> dict[str, Any]:
+    """The fingerprints of the files the steps read besides the images (empty for most recipes)."""
+    return {step["name"]: STEP_INPUTS[step["name"]](step, work_dir)
+            for step in steps if step["name"] in STEP_INPUTS}
 
 
 @register_step("pad_square")
@@ -82,6 +107,8 @@ def validate_steps(steps: list[dict]) -> list[dict]:
         normalised.append(dict(step))
     if not normalised or normalised[-1]["name"] != "resize":
         raise UserError("data.preprocess must end with the 'resize' step")
+    for check in PIPELINE_CHECKS:
+        check(normalised)
     return normalised
 
 
@@ -90,3 +117,8 @@ def run_pipeline(image: np.ndarray, steps: list[dict], ctx: StepContext) -> np.n
         params = {k: v for k, v in step.items() if k != "name"}
         image = STEPS[step["name"]](image, ctx, **params)
     return image
+
+
+# Steps defined elsewhere register themselves on import; importing them here makes them known
+# wherever a pipeline is validated or run (the cache's worker processes included).
+from ..registration import steps as _registration_steps  # noqa: E402,F401  (register, region)
