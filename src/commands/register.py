@@ -286,7 +286,7 @@ def run_qa(paths, images, predicted, qa_dir, truth: str | None, min_confidence: 
         log.info("qa: no ground truth for %s (give --truth FILE to score); drawing grids only", paths.root)
     else:
         scores = qa.score_keypoints(predicted, read_keypoint_table(truth_path))
-        write_csv(scores, qa_dir / "scores.csv")
+        write_csv(scores.reset_index(), qa_dir / "scores.csv")  # `point` is the index
         means = scores.select_dtypes("number").mean().round(3).to_dict()
         print(f"qa: scored against {truth_path} -> {qa_dir / 'scores.csv'} (means: {means})", flush=True)
     for name, ids in grid_selection(predicted, min_confidence).items():
