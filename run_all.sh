@@ -133,6 +133,12 @@ if ((FAMILY && !SMOKE)); then
 fi
 CONFIGS=(--config "$CONFIG")
 for MODEL in $MODELS; do CONFIGS+=(--config "$MODEL"); done
+
+if [[ -n "$MODELS" ]]; then
+  stage "registration: 3 keypoints per image, the canonical frame, QA grids -> $WORK/registration/"
+  "$PY" -m src register --input "$INPUT" --qa
+fi
+
 stage "train: the baseline $CONFIG${MODELS:+ and the model family: $MODELS}; profile $PROFILE, $JOBS fold(s) at a time (finished folds are skipped, an interrupted one resumes)"
 "$PY" -m src train "${CONFIGS[@]}" --profile "$PROFILE" --input "$INPUT" --device "$DEVICE" --jobs "$JOBS" \
   "${FORCE[@]}" "${EXTRA[@]}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,7 @@ def audited_test(work: Path) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- the stacker
 
 
-@pytest.mark.parametrize("method", ["nnls", "linear"])
+@pytest.mark.parametrize("method", ["nnls", "linear", "lad"])
 def test_fit_recovers_known_weights(method):
     rng = np.random.default_rng(1)
     X = rng.uniform(0, 200, size=(200, 2))
@@ -99,6 +100,20 @@ def test_fit_recovers_known_weights(method):
     assert np.allclose(fit.weights, [0.7, 0.3], atol=1e-6) and fit.intercept == pytest.approx(5.0, abs=1e-4)
     no_b = fit_linear(X, 0.7 * X[:, 0] + 0.3 * X[:, 1], method=method, intercept=False)
     assert np.allclose(no_b.weights, [0.7, 0.3], atol=1e-6) and no_b.intercept == 0.0
+
+
+def test_lad_keeps_weights_non_negative_and_shrugs_off_outliers():
+    """Least absolute deviations: a tenth of wildly wrong labels barely moves the weights,
+    where least squares is dragged; and no weight goes negative."""
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0, 200, size=(400, 2))
+    y = 0.7 * X[:, 0] + 0.3 * X[:, 1] + 5.0 + rng.laplace(0, 2, 400)
+    y[:40] += rng.uniform(100, 200, 40)
+    lad, nnls = fit_linear(X, y, method="lad"), fit_linear(X, y, method="nnls")
+    assert np.allclose(lad.weights, [0.7, 0.3], atol=0.03)
+    assert np.abs(nnls.weights - [0.7, 0.3]).max() > np.abs(lad.weights - [0.7, 0.3]).max()
+    assert np.abs(lad.predict(X) - y).mean() < np.abs(nnls.predict(X) - y).mean()
+    assert (fit_linear(X, 1.2 * X[:, 0] - 0.2 * X[:, 1], method="lad").weights >= 0).all()
 
 
 def test_nnls_keeps_weights_non_negative_where_linear_does_not():
@@ -154,7 +169,7 @@ def test_stacked_oof_mae_scores_only_rows_the_fit_did_not_see(tmp_path):
     assert result.meta["oof_mae"] == pytest.approx(err.mean())
     per_fold = err.groupby(result.oof["fold"]).mean()
     assert result.meta["fold_mae"] == pytest.approx(list(per_fold))
-    for fit in result.meta["groups"]["all"]["fold_fits"]:
+    for fit in result.meta["fold_fits"]:
         n_fold = int((result.oof["fold"] == fit["fold"]).sum())
         assert fit["n_predicted"] == n_fold and fit["n_fit"] == len(labels) - n_fold
 
@@ -180,6 +195,59 @@ def test_a_folds_stacked_predictions_do_not_depend_on_its_own_labels():
 
 
 # ----------------------------------------------------------------------------- sex-specific models
+
+
+def sex_biased_dataset(tmp_path: Path, n: int = 300):
+    """Model a reads boys 15 months old and girls 15 months young; model b is unbiased but
+    noisier: a joint stack cannot undo a's bias, one stack per sex can."""
+    root = tmp_path / "data"
+    work = make_dataset(root, n=n)
+    labels = truth(work)
+    rng = np.random.default_rng(6)
+    sign = np.where(labels["male"].astype(bool), 1.0, -1.0)
+    write_model(work, "a", labels["boneage"] + 15 * sign + rng.normal(0, 3, n))
+    write_model(work, "b", labels["boneage"] + rng.normal(0, 12, n))
+    return root
+
+
+def test_auto_layout_chooses_per_sex_stacks_by_inner_cv_when_the_bias_depends_on_sex(tmp_path):
+    dataset = load_dataset(sex_biased_dataset(tmp_path))
+    models = select_models(dataset)
+    auto = fit_stack(dataset, models)
+    joint = fit_stack(dataset, models, layout="joint")
+    assert joint.meta["layout"] == "joint" and joint.meta["candidates_nested_mae"] == {}
+    assert auto.meta["layout"] == "per-sex" and set(auto.meta["weights"]) == {"male", "female"}
+    assert [f["layout"] for f in auto.meta["fold_fits"]] == ["per-sex"] * N_FOLDS
+    for fit in auto.meta["fold_fits"]:  # each choice was scored on the fitting folds only
+        assert set(fit["inner_mae"]) == {"nnls/joint", "nnls/per-sex"}
+        assert fit["inner_mae"]["nnls/per-sex"] < fit["inner_mae"]["nnls/joint"]
+    assert auto.meta["oof_mae"] < joint.meta["oof_mae"] - 5
+    assert auto.meta["candidates_nested_mae"]["nnls/joint"] == pytest.approx(joint.meta["oof_mae"])
+    both = fit_stack(dataset, models, method="auto")  # method and layout chosen together
+    assert set(both.meta["candidates_nested_mae"]) == {"nnls/joint", "nnls/per-sex", "lad/joint", "lad/per-sex"}
+    assert both.meta["method"] in ("nnls", "lad") and both.meta["layout"] == "per-sex"
+    with pytest.raises(UserError, match="not one of"):
+        fit_stack(dataset, models, layout="by-age")
+    with pytest.raises(UserError, match="not one of"):
+        fit_stack(dataset, models, method="huber")
+
+
+def test_auto_layout_keeps_a_folds_predictions_independent_of_its_own_labels(tmp_path):
+    """The layout choice is nested too: changing fold k's labels changes neither the layout
+    chosen for fold k nor its stacked predictions."""
+    dataset = load_dataset(sex_biased_dataset(tmp_path))
+    models = select_models(dataset)
+    before = fit_stack(dataset, models, method="auto")
+    rng = np.random.default_rng(7)
+    for k in range(N_FOLDS):
+        folds = dataset.folds.copy()
+        held = (folds["fold"] == k).to_numpy()
+        folds.loc[held, "boneage"] = rng.permutation(folds.loc[held, "boneage"].to_numpy()) + 40
+        after = fit_stack(replace(dataset, folds=folds), models, method="auto")
+        np.testing.assert_allclose(after.oof["pred"].to_numpy()[held], before.oof["pred"].to_numpy()[held])
+        for key in ("method", "layout"):
+            assert after.meta["fold_fits"][k][key] == before.meta["fold_fits"][k][key]
+        assert not np.allclose(after.oof["pred"].to_numpy()[~held], before.oof["pred"].to_numpy()[~held])
 
 
 def test_sex_specific_models_get_one_stack_per_sex(tmp_path):

@@ -4,10 +4,12 @@ codec, and the experiment configs. Every test is tiny (CPU, batch 2, <= 160 px).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
+import yaml
 import torch
 from torch import nn
 
@@ -274,3 +276,21 @@ def test_m46_classification_trains_one_fold_end_to_end(tiny_phantom):
     assert isinstance(state["model"], dict) and "backbone.blocks.5.0.weight" in state["model"]
     oof = pd.read_csv(out / "fold0" / "oof.csv")
     assert len(oof) > 0 and oof["pred"].between(0.5, 239.5).all()
+
+
+def test_every_family_member_resolves_and_the_demo_family_covers_the_recipe():
+    """families.yaml names configs that load under their profile; the demo trains m46 in both
+    heads, a sex-specific pair and one registered model per region, beside the baseline."""
+    families = yaml.safe_load((Path(__file__).resolve().parents[1] / "src" / "configs" / "families.yaml").read_text())
+    for profile, names in families.items():
+        cfgs = [load_config(name, profile) for name in names]
+        assert len({c["name"] for c in cfgs}) == len(names), profile
+    demo = {name: load_config(name, "demo") for name in families["demo"]}
+    forms = {(c["model"]["backbone"], c["target"]["form"]) for c in demo.values() if c["data"]["sex"] == "both"}
+    assert {("m46", "regression"), ("m46", "classification")} <= forms
+    assert {c["data"]["sex"] for c in demo.values()} == {"both", "male", "female"}
+    regions = {step.get("region") for c in demo.values() for step in c["data"]["preprocess"] if step["name"] == "region"}
+    assert regions == {"A", "B", "C"}
+    cpu_regions = {step.get("region") for name in families["cpu"]
+                   for step in load_config(name, "cpu")["data"]["preprocess"] if step["name"] == "region"}
+    assert "A" in cpu_regions and len(families["cpu"]) >= 3  # >= 4 models with the baseline

@@ -6,9 +6,13 @@ Both read only what the engine wrote under `working/<dataset>/`; `inputs.py` dec
 experiment folders may be combined (same folds file, full OOF coverage, one fingerprint)."""
 
 # Stack settings, here so the CLI can offer them without importing pandas or scikit-learn.
-METHODS = ("nnls", "linear", "ridge")
+FIT_METHODS = ("nnls", "lad", "linear", "ridge")
+AUTO_METHODS = ("nnls", "lad")  # `auto`: nested CV picks one of these, per outer fold
+METHODS = (*FIT_METHODS, "auto")
 DEFAULT_METHOD = "nnls"
 DEFAULT_ALPHA = 1.0
+LAYOUTS = ("auto", "joint", "per-sex")
+DEFAULT_LAYOUT = "auto"
 
 
 def add_selection_arguments(parser, what: str) -> None:
