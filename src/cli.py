@@ -11,7 +11,8 @@ import sys
 from .utils.errors import UserError
 
 # command name -> module under src.commands (a fixed table, not user input)
-COMMANDS = ("phantom", "audit", "folds", "register", "train", "stack", "leaderboard", "submit", "report")
+COMMANDS = ("phantom", "audit", "folds", "register", "train", "stack", "leaderboard", "submit", "report", "predict",
+            "kaggle-package")
 # commands that write files (all of them: phantom data or its preview, audit tables, folds, runs)
 WRITING_COMMANDS = frozenset(COMMANDS)
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for name in COMMANDS:
-        module = importlib.import_module(f"{__package__}.commands.{name}")
+        module = importlib.import_module(f"{__package__}.commands.{name.replace('-', '_')}")
         cmd = sub.add_parser(name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter)
         module.add_arguments(cmd)
         cmd.set_defaults(_run=module.run)
