@@ -4,6 +4,7 @@ resume equivalence, --skip-existing, DDP with gloo, offline pretrained weights, 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -152,9 +153,63 @@ def test_jobs_train_folds_in_parallel_processes_like_one_process(tiny_phantom, t
         assert (exp_dir / "test.csv").is_file() and (exp_dir / "summary.json").is_file()
         for fold in range(5):
             assert "epoch 1/1" in (exp_dir / f"fold{fold}" / "train.log").read_text()
+    # 2 persistent workers trained the 10 folds, each fold's log naming the worker that trained it
+    pids = [worker_pids(exp_dir / f"fold{fold}" / "train.log")
+            for exp_dir in (jobs_dir, jobs_dir.parent / "resnet_classification") for fold in range(5)]
+    assert all(len(p) == 1 for p in pids) and len(set().union(*pids)) <= 2
     stamp = (jobs_dir / "fold0" / "last.pt").stat().st_mtime_ns
     assert cli_main(both) == 0  # all done: nothing retrains
     assert (jobs_dir / "fold0" / "last.pt").stat().st_mtime_ns == stamp
+
+
+def worker_pids(log_path: Path) -> set[int]:
+    """The PIDs of the fold workers that ran jobs logging to `log_path`."""
+    return {int(pid) for pid in re.findall(r"^fold worker pid (\d+): job \d+$", log_path.read_text(), re.M)}
+
+
+def test_jobs_a_failing_experiment_does_not_stop_the_others(tiny_phantom, tmp_path, cli_main, capsys):
+    """An experiment whose folds fail at train time (a bad optimizer name passes the config
+    checks) is reported with its logs' tails and left unmerged; the other trains and merges."""
+    root = audited(tiny_phantom)
+    broken = tmp_path / "broken_optimizer.yaml"
+    broken.write_text("base: baseline_inception_v3\nname: broken_optimizer\noptim: {name: nosuchopt}\n")
+    argv = ["train", "--input", str(root), "--device", "cpu", *TINY, "train.epochs=1",
+            "--config", str(broken), "--config", "baseline_inception_v3", "--jobs", "2"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "5 fold(s) failed" in err
+    for fold in range(5):
+        assert f"broken_optimizer fold {fold} (exit 1)" in err
+    assert "Optimizer nosuchopt not found" in err  # the traceback's last line, from the log's tail
+    work = DatasetPaths(root).work_dir()
+    assert len(read_id_csv(work / "baseline_inception_v3" / "oof.csv")) == 30
+    assert not (work / "broken_optimizer" / "oof.csv").exists()
+    assert "Traceback" in (work / "broken_optimizer" / "fold3" / "train.log").read_text()
+
+
+def test_jobs_a_dead_worker_fails_its_fold_and_a_fresh_one_goes_on(tiny_phantom, cli_main, capsys, monkeypatch):
+    """Both first workers die at the start of their fold (the test hook in fold_worker.py): those
+    two folds fail with the exit code, fresh workers train the other three, and a rerun trains
+    only the two and merges."""
+    root = audited(tiny_phantom)
+    argv = ["train", "--config", "baseline_inception_v3", "--input", str(root), "--device", "cpu", *TINY,
+            "train.epochs=1", "--jobs", "2"]
+    monkeypatch.setenv("BONEAGE_TEST_WORKER_EXIT_ON_FOLD", "0,1")
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 fold(s) failed" in err and "fold 0 (exit 3)" in err and "fold 1 (exit 3)" in err
+    out = DatasetPaths(root).work_dir() / "baseline_inception_v3"
+    assert not (out / "oof.csv").exists() and not (out / "fold0" / "done.json").exists()
+    dead = worker_pids(out / "fold0" / "train.log") | worker_pids(out / "fold1" / "train.log")
+    fresh = set().union(*(worker_pids(out / f"fold{fold}" / "train.log") for fold in (2, 3, 4)))
+    assert len(dead) == 2 and fresh and not dead & fresh
+    for fold in (2, 3, 4):
+        assert (out / f"fold{fold}" / "done.json").is_file()
+    stamp = (out / "fold2" / "last.pt").stat().st_mtime_ns
+    monkeypatch.delenv("BONEAGE_TEST_WORKER_EXIT_ON_FOLD")
+    assert cli_main(argv) == 0
+    assert (out / "fold2" / "last.pt").stat().st_mtime_ns == stamp
+    assert len(read_id_csv(out / "oof.csv")) == 30
 
 
 def test_ddp_with_two_gloo_processes(tiny_phantom, tmp_path):
