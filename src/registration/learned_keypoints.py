@@ -33,27 +33,29 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
-from ..engine.distributed import resolve_device
-from ..engine.trainer import seed_everything
 from ..utils.errors import DataError
-from .learned_net import (DenseNet, NetConfig, as_gray, augmentation, fingerprint, fit, letterbox, load_model_state,
-                          save_model, seed_for, to_tensor)
-from .types import POINTS, HandKeypoints
+from ..utils.io import write_csv
+from .learned_net import (DenseNet, EpochDataset, LearnedModel, NetConfig, as_gray, fingerprint, letterbox, to_tensor,
+                          train_model)
+from .types import KEYPOINT_COLUMNS, POINTS, HandKeypoints
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "boneage-keypoint-detector"
+COORDS = [f"{p}_{a}" for p in POINTS for a in "xy"]
 _GAUSS_MASS_2SIGMA = 1.0 - np.exp(-2.0)  # share of a 2-D Gaussian within 2 sigma of its centre
 
 
 @dataclass
 class DetectorConfig(NetConfig):
-    """NetConfig plus the heatmap target: a Gaussian of `sigma` cells, weighted `heat_weight`."""
+    """NetConfig plus the heatmap target: a Gaussian of `sigma` cells, weighted `heat_weight`, and
+    `max_train`: train on at most this many labelled rows (a seeded sample; None: all of them),
+    which keeps a pseudo-label loop over thousands of films within a CPU's reach."""
 
     sigma: float = 1.5
     heat_weight: float = 1.0
+    max_train: int | None = None
 
 
 def is_mirrored(middle, thumb, capitate) -> bool:
@@ -135,12 +137,11 @@ class HeatmapLoss:
 
 def labelled_rows(table: pd.DataFrame, images: Mapping[str, np.ndarray]) -> pd.DataFrame:
     """Rows with all three points, every one with an image (a missing image is a DataError)."""
-    columns = [f"{p}_{a}" for p in POINTS for a in "xy"]
-    missing = [c for c in columns if c not in table.columns]
+    missing = [c for c in COORDS if c not in table.columns]
     if missing:
         raise DataError(f"keypoint table lacks {missing}: the detector needs {list(POINTS)} "
                         f"(for the real 100 px set, fill capitate with `capitate_proxy`)")
-    rows = table[table[columns].notna().all(axis=1)].copy()
+    rows = table[table[COORDS].notna().all(axis=1)].copy()
     rows["id"] = rows["id"].astype(str)
     absent = [i for i in rows["id"] if i not in images]
     if absent:
@@ -148,60 +149,37 @@ def labelled_rows(table: pd.DataFrame, images: Mapping[str, np.ndarray]) -> pd.D
     return rows.reset_index(drop=True)
 
 
-class KeypointDataset(Dataset):
+class KeypointDataset(EpochDataset):
     """Letterboxed images with their points (input pixels); augmented when `augment`."""
 
     def __init__(self, images: list[np.ndarray], points: list[np.ndarray], cfg: DetectorConfig, stride: int,
                  augment: bool):
-        self.images, self.points, self.cfg, self.stride = images, points, cfg, stride
-        self.epoch = 0
-        self.transform = augmentation(cfg, keypoints=True) if augment else None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images)
+        super().__init__(images, cfg, augment, keypoints=True)
+        self.points, self.stride = points, stride
 
     def __getitem__(self, index: int) -> dict:
         image, points = self.images[index], self.points[index]
-        if self.transform is not None:
-            self.transform.set_random_seed(seed_for(self.cfg, self.epoch, index))
-            out = self.transform(image=image, keypoints=points.astype(np.float32))
+        out = self.augmented(index, keypoints=points.astype(np.float32))
+        if out is not None:
             image, points = out["image"], np.asarray(out["keypoints"], dtype=np.float64)[:, :2]
         visible = ((points >= 0) & (points <= self.cfg.side - 1)).all(axis=1).astype(np.float32)
         cells = input_to_cells(points, self.stride).astype(np.float32)
         # the engine's loop reads the target from "age" and passes "male" to the model (ignored here)
-        return {"image": to_tensor(image[None])[0], "male": torch.zeros(1),
-                "age": torch.from_numpy(np.concatenate([cells, visible[:, None]], axis=1)), "index": index}
+        return self.sample(index, image, torch.from_numpy(np.concatenate([cells, visible[:, None]], axis=1)))
 
 
 # ------------------------------------------------------------------------------ the detector
 
 
-class LearnedKeypointDetector:
-    """A trained DenseNet with its config: `detect(image) -> HandKeypoints(method="learned")`."""
+class LearnedKeypointDetector(LearnedModel):
+    """A trained DenseNet with its config: `detect(image) -> HandKeypoints(method="learned")`;
+    `trained_ids`: the images it trained on (saved with it)."""
 
-    def __init__(self, model: DenseNet, cfg: DetectorConfig, fingerprint: str = ""):
-        self.model, self.cfg, self.fingerprint = model.eval(), cfg, fingerprint
-
-    @classmethod
-    def build(cls, cfg: DetectorConfig) -> "LearnedKeypointDetector":
-        cfg.check()
-        return cls(DenseNet(cfg.backbone, len(POINTS), width=cfg.width, pretrained=cfg.pretrained), cfg)
-
-    def save(self, path: str | Path) -> Path:
-        return save_model(Path(path), CHECKPOINT_KIND, self.model, self.cfg, self.fingerprint)
+    KIND, CONFIG, FILE, WHAT = CHECKPOINT_KIND, DetectorConfig, "detector.pt", "detector"
 
     @classmethod
-    def load(cls, path: str | Path) -> "LearnedKeypointDetector":
-        state = load_model_state(path, CHECKPOINT_KIND)
-        detector = cls.build(DetectorConfig.from_dict({**state["config"], "pretrained": False}))
-        detector.model.load_state_dict(state["model"])
-        detector.model.eval()
-        detector.cfg.pretrained = bool(state["config"].get("pretrained", False))
-        detector.fingerprint = str(state.get("fingerprint", ""))
-        return detector
+    def network(cls, cfg: DetectorConfig) -> DenseNet:
+        return DenseNet(cfg.backbone, len(POINTS), width=cfg.width, pretrained=cfg.pretrained)
 
     @torch.no_grad()
     def detect_many(self, images: list[np.ndarray], batch_size: int = 32, flip_tta: bool = True) -> list[HandKeypoints]:
@@ -236,43 +214,53 @@ class LearnedKeypointDetector:
         """The heuristic's signature, so either plugs in; `mask` is unused (the network sees the film)."""
         return self.detect_many([image])[0]
 
+    def predict(self, images: Mapping[str, np.ndarray], ids, chunk: int = 256) -> pd.DataFrame:
+        """Rows of registration/keypoints.csv for `ids`, reading `images` a chunk at a time (so a
+        lazily read dataset is never held in memory whole)."""
+        ids = [str(i) for i in ids]
+        parts = [predictions_table(ids[s:s + chunk], self.detect_many([images[i] for i in ids[s:s + chunk]]))
+                 for s in range(0, len(ids), chunk)]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=KEYPOINT_COLUMNS)
+
 
 def train_detector(images: Mapping[str, np.ndarray], table: pd.DataFrame, cfg: DetectorConfig | None = None,
                    work_dir: str | Path | None = None, init_from: str | Path | None = None,
                    resume: bool = True) -> LearnedKeypointDetector:
-    """Train on every row of `table` with all three points (ORIGINAL pixels of `images[id]`).
+    """Train on every row of `table` with all three points (ORIGINAL pixels of `images[id]`), or
+    on a seeded sample of `cfg.max_train` of them.
 
-    With `work_dir`, `last.pt` is saved each epoch (resumed under the same fingerprint) and the
-    result is `detector.pt` (returned as is when it exists under the same fingerprint).
-    `init_from`: a detector checkpoint to start from (pretraining, e.g. on the phantom)."""
+    With `work_dir`, `last.pt` is saved each epoch (resumed under the same fingerprint), the rows
+    trained on go to `labels.csv` and the result is `detector.pt` (returned as is when it exists
+    under the same fingerprint). `init_from`: a detector checkpoint to start from (pretraining,
+    e.g. on the phantom)."""
     cfg = cfg or DetectorConfig()
     cfg.check()
+    rows = training_rows(table, images, cfg)
+    made_from = fingerprint(cfg, rows[["id"] + COORDS].round(2).to_csv(index=False), str(init_from or ""))
+
+    def dataset(model: DenseNet) -> KeypointDataset:
+        boxed = [letterbox(as_gray(images[i]), cfg.side) for i in rows["id"]]
+        points = [box.to_input(xy.reshape(3, 2)) for (_, box), xy in zip(boxed, rows[COORDS].to_numpy(float))]
+        return KeypointDataset([b[0] for b in boxed], points, cfg, model.stride, augment=True)
+
+    detector = train_model(LearnedKeypointDetector, cfg, made_from, rows["id"].tolist(), dataset,
+                           HeatmapLoss(cfg.sigma, cfg.heat_weight), work_dir, init_from, resume)
+    if work_dir:
+        write_csv(rows[["id"] + COORDS].round(2), Path(work_dir) / "labels.csv")
+    return detector
+
+
+def training_rows(table: pd.DataFrame, images: Mapping[str, np.ndarray], cfg: DetectorConfig) -> pd.DataFrame:
+    """The labelled rows a detector of `cfg` trains on: all, or a seeded sample of cfg.max_train
+    (drawn from the rows ordered by id, so the same labels give the same sample and fingerprint)."""
     rows = labelled_rows(table, images)
+    if cfg.max_train is not None and len(rows) > cfg.max_train:
+        rows = rows.sort_values("id", kind="stable").reset_index(drop=True)
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(rows), size=cfg.max_train, replace=False))
+        rows = rows.iloc[keep].reset_index(drop=True)
     if len(rows) < 2:
         raise DataError(f"need at least 2 labelled images to train the detector, got {len(rows)}")
-    columns = [f"{p}_{a}" for p in POINTS for a in "xy"]
-    made_from = fingerprint(cfg, rows[["id"] + columns].round(2).to_csv(index=False), str(init_from or ""))
-    work = Path(work_dir) if work_dir else None
-    if work and resume and (work / "detector.pt").is_file():
-        done = LearnedKeypointDetector.load(work / "detector.pt")
-        if done.fingerprint == made_from:
-            log.info("detector: %s is complete, reused", work / "detector.pt")
-            return done
-    seed_everything(cfg.seed, deterministic=False)
-    device = resolve_device(cfg.device)
-    detector = LearnedKeypointDetector.build(cfg)
-    if init_from:
-        detector.model.load_state_dict(LearnedKeypointDetector.load(init_from).model.state_dict())
-    model = detector.model.to(device)
-    boxed = [letterbox(as_gray(images[i]), cfg.side) for i in rows["id"]]
-    points = [box.to_input(xy.reshape(3, 2)) for (_, box), xy in zip(boxed, rows[columns].to_numpy(float))]
-    dataset = KeypointDataset([b[0] for b in boxed], points, cfg, model.stride, augment=True)
-    fit(model, dataset, HeatmapLoss(cfg.sigma, cfg.heat_weight), cfg, device, made_from,
-        work / "last.pt" if work else None, resume, "keypoints")
-    detector.fingerprint = made_from
-    if work:
-        detector.save(work / "detector.pt")
-    return detector
+    return rows
 
 
 # ------------------------------------------------------------------------------ scoring and loops
@@ -298,21 +286,26 @@ def capitate_proxy(table: pd.DataFrame) -> pd.DataFrame:
 
 def cross_validated_predictions(images: Mapping[str, np.ndarray], table: pd.DataFrame, folds: int = 5,
                                 cfg: DetectorConfig | None = None, work_dir: str | Path | None = None,
-                                init_from: str | Path | None = None) -> pd.DataFrame:
+                                init_from: str | Path | None = None, held_out=None) -> pd.DataFrame:
     """Each labelled row predicted by a detector trained on the other folds only (KFold, seeded by
-    cfg.seed), so a score never counts an image its detector trained on; adds a `fold` column."""
+    cfg.seed), so a score never counts an image its detector trained on; adds a `fold` column.
+
+    `held_out`: only the labelled rows with these ids are split into folds and predicted; the
+    other rows train in every fold (to score a few images of a large training table, e.g. those
+    with ground truth, at the cost of `folds` trainings on nearly all of it)."""
     from sklearn.model_selection import KFold
 
     cfg = cfg or DetectorConfig()
     rows = labelled_rows(table, images)
-    if len(rows) < folds:
-        raise DataError(f"{folds}-fold cross-validation needs at least {folds} labelled images, got {len(rows)}")
+    held_rows = rows if held_out is None else rows[rows["id"].isin({str(i) for i in held_out})]
+    if len(held_rows) < folds:
+        raise DataError(f"{folds}-fold cross-validation needs at least {folds} labelled images, got {len(held_rows)}")
     parts = []
-    for fold, (train_idx, held_idx) in enumerate(KFold(folds, shuffle=True, random_state=cfg.seed).split(rows)):
+    for fold, (_, held_idx) in enumerate(KFold(folds, shuffle=True, random_state=cfg.seed).split(held_rows)):
+        held = held_rows["id"].iloc[held_idx].tolist()
         fold_dir = Path(work_dir) / f"fold{fold}" if work_dir else None
-        detector = train_detector(images, rows.iloc[train_idx], cfg, work_dir=fold_dir, init_from=init_from)
-        held = rows["id"].iloc[held_idx].tolist()
-        parts.append(predictions_table(held, detector.detect_many([images[i] for i in held])).assign(fold=fold))
+        detector = train_detector(images, rows[~rows["id"].isin(held)], cfg, work_dir=fold_dir, init_from=init_from)
+        parts.append(detector.predict(images, held).assign(fold=fold))
         log.info("detector CV: fold %d/%d predicted %d held-out images", fold + 1, folds, len(held))
     return pd.concat(parts, ignore_index=True).sort_values("id", kind="stable").reset_index(drop=True)
 
@@ -320,14 +313,15 @@ def cross_validated_predictions(images: Mapping[str, np.ndarray], table: pd.Data
 def pseudo_label_loop(images: Mapping[str, np.ndarray], initial_table: pd.DataFrame | None = None, rounds: int = 3,
                       min_confidence: float = 0.5, cfg: DetectorConfig | None = None,
                       work_dir: str | Path | None = None, init_from: str | Path | None = None,
-                      ) -> tuple[LearnedKeypointDetector, pd.DataFrame, list[dict]]:
+                      predict_all: bool = True) -> tuple[LearnedKeypointDetector, pd.DataFrame | None, list[dict]]:
     """The paper's loop: train on the confident labels, predict the rest, add the confident
     predictions to the labels, repeat `rounds` times.
 
     Labels start from `initial_table` (rows without `confidence` count as certain, e.g. ground
     truth), else from the heuristic detector run on every image. Every round starts from
     `init_from` (e.g. a phantom-pretrained detector) when given. Returns the last detector, its
-    predictions for every image (KEYPOINT_COLUMNS) and one history row per round."""
+    predictions for every image (KEYPOINT_COLUMNS; None with `predict_all=False`, which also
+    skips predicting the rest after the last round) and one history row per round."""
     if initial_table is None:
         from .heuristic import detect_keypoints
 
@@ -342,13 +336,13 @@ def pseudo_label_loop(images: Mapping[str, np.ndarray], initial_table: pd.DataFr
         round_dir = Path(work_dir) / f"round{round_no}" if work_dir else None
         detector = train_detector(images, labels, cfg, work_dir=round_dir, init_from=init_from)
         labelled = set(labels["id"])
-        rest = [i for i in images if i not in labelled]
-        found = predictions_table(rest, detector.detect_many([images[i] for i in rest])) if rest else pd.DataFrame()
-        added = found[found["confidence"] >= min_confidence] if rest else found
-        history.append({"round": round_no, "trained_on": len(labels), "predicted": len(rest), "added": len(added)})
-        log.info("pseudo-labels round %d: trained on %d, %d of %d others confident", round_no, len(labels),
-                 len(added), len(rest))
+        rest = [i for i in images if i not in labelled] if predict_all or round_no + 1 < rounds else []
+        found = detector.predict(images, rest)
+        added = found[found["confidence"] >= min_confidence]
+        history.append({"round": round_no, "trained_on": len(detector.trained_ids) or len(labels),
+                        "labels": len(labels), "predicted": len(rest), "added": len(added)})
+        log.info("pseudo-labels round %d: trained on %d of %d labels, %d of %d others confident", round_no,
+                 history[-1]["trained_on"], len(labels), len(added), len(rest))
         if round_no + 1 < rounds and len(added):
             labels = pd.concat([labels, added], ignore_index=True)
-    ids = list(images)
-    return detector, predictions_table(ids, detector.detect_many([images[i] for i in ids])), history
+    return detector, detector.predict(images, list(images)) if predict_all else None, history

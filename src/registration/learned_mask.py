@@ -22,14 +22,11 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from ..data.images import read_gray8
-from ..engine.distributed import resolve_device
-from ..engine.trainer import seed_everything
 from ..utils.errors import DataError
-from .learned_net import (DenseNet, NetConfig, as_gray, augmentation, fingerprint, fit, letterbox, load_model_state,
-                          save_model, seed_for, to_tensor)
+from .learned_net import (DenseNet, EpochDataset, LearnedModel, NetConfig, as_gray, fingerprint, letterbox, to_tensor,
+                          train_model)
 from .mask import finger_gaps, hand_mask
 
 log = logging.getLogger(__name__)
@@ -101,53 +98,29 @@ def mask_quality(image: np.ndarray, mask: np.ndarray) -> bool:
     return finger_gaps(contour, float(cv2.contourArea(contour))) >= 3
 
 
-class MaskDataset(Dataset):
+class MaskDataset(EpochDataset):
     """Letterboxed images and masks, augmented together (a function of seed, epoch and row)."""
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], cfg: MaskConfig, augment: bool):
-        self.images, self.masks, self.cfg = images, masks, cfg
-        self.epoch = 0
-        self.transform = augmentation(cfg, keypoints=False) if augment else None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.images)
+        super().__init__(images, cfg, augment, keypoints=False)
+        self.masks = masks
 
     def __getitem__(self, index: int) -> dict:
         image, mask = self.images[index], self.masks[index]
-        if self.transform is not None:
-            self.transform.set_random_seed(seed_for(self.cfg, self.epoch, index))
-            out = self.transform(image=image, mask=mask)
+        out = self.augmented(index, mask=mask)
+        if out is not None:
             image, mask = out["image"], out["mask"]
-        return {"image": to_tensor(image[None])[0], "male": torch.zeros(1),
-                "age": torch.from_numpy((mask > 0).astype(np.float32))[None], "index": index}
+        return self.sample(index, image, torch.from_numpy((mask > 0).astype(np.float32))[None])
 
 
-class LearnedHandMask:
+class LearnedHandMask(LearnedModel):
     """A trained MaskNet with its config: `predict_mask(image) -> bool mask` in the original pixels."""
 
-    def __init__(self, model: MaskNet, cfg: MaskConfig, fingerprint_: str = ""):
-        self.model, self.cfg, self.fingerprint = model.eval(), cfg, fingerprint_
+    KIND, CONFIG, FILE, WHAT = CHECKPOINT_KIND, MaskConfig, "mask.pt", "hand mask"
 
     @classmethod
-    def build(cls, cfg: MaskConfig) -> "LearnedHandMask":
-        cfg.check()
-        return cls(MaskNet(cfg), cfg)
-
-    def save(self, path: str | Path) -> Path:
-        return save_model(Path(path), CHECKPOINT_KIND, self.model, self.cfg, self.fingerprint)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "LearnedHandMask":
-        state = load_model_state(path, CHECKPOINT_KIND)
-        model = cls.build(MaskConfig.from_dict({**state["config"], "pretrained": False}))
-        model.model.load_state_dict(state["model"])
-        model.model.eval()
-        model.cfg.pretrained = bool(state["config"].get("pretrained", False))
-        model.fingerprint = str(state.get("fingerprint", ""))
-        return model
+    def network(cls, cfg: MaskConfig) -> MaskNet:
+        return MaskNet(cfg)
 
     @torch.no_grad()
     def predict_many(self, images: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
@@ -188,25 +161,9 @@ def train_mask(images: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray]
     boxed_masks = [letterbox(np.asarray(masks[i], np.uint8) * 255, cfg.side)[0] >= 128 for i in ids]
     labels = "".join(f"{i}:{np.packbits(m).tobytes().hex()[:64]}:{int(m.sum())};" for i, m in zip(ids, boxed_masks))
     made_from = fingerprint(cfg, labels, str(init_from or ""))
-    work = Path(work_dir) if work_dir else None
-    if work and resume and (work / "mask.pt").is_file():
-        done = LearnedHandMask.load(work / "mask.pt")
-        if done.fingerprint == made_from:
-            log.info("hand mask: %s is complete, reused", work / "mask.pt")
-            return done
-    seed_everything(cfg.seed, deterministic=False)
-    device = resolve_device(cfg.device)
-    result = LearnedHandMask.build(cfg)
-    if init_from:
-        result.model.load_state_dict(LearnedHandMask.load(init_from).model.state_dict())
-    model = result.model.to(device)
-    dataset = MaskDataset(boxed, [m.astype(np.uint8) for m in boxed_masks], cfg, augment=True)
-    fit(model, dataset, MaskLoss(cfg.jaccard_weight), cfg, device, made_from, work / "last.pt" if work else None,
-        resume, "hand mask")
-    result.fingerprint = made_from
-    if work:
-        result.save(work / "mask.pt")
-    return result
+    return train_model(LearnedHandMask, cfg, made_from, ids,
+                       lambda _: MaskDataset(boxed, [m.astype(np.uint8) for m in boxed_masks], cfg, augment=True),
+                       MaskLoss(cfg.jaccard_weight), work_dir, init_from, resume)
 
 
 def positive_mining_loop(images: Mapping[str, np.ndarray], initial_masks: Mapping[str, np.ndarray] | None = None,

@@ -3,7 +3,12 @@ input, and a timm encoder with a light U-Net decoder (`DenseNet`) that outputs a
 
 Both models see the image resized with its aspect kept and centred in a `side` x `side` square
 padded with 0, so one network serves films of any size and their outputs map back exactly to the
-ORIGINAL pixels (`Letterbox`)."""
+ORIGINAL pixels (`Letterbox`).
+
+Their training is one: `EpochDataset` (augmentation a function of seed, epoch and row),
+`LearnedModel` (build, save and load a checkpoint of one kind, with the ids it trained on) and
+`train_model` (reuse a finished model of the same fingerprint, else seed, build, `fit` with the
+engine's epoch loop and save); each model adds only its targets, loss and network."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable, Mapping
 
 import albumentations as A
 import cv2
@@ -23,11 +29,13 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..data.images import read_gray8
 from ..engine.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from ..engine.distributed import resolve_device
 from ..engine.loops import Precision, train_one_epoch
+from ..engine.trainer import seed_everything
 from ..models.boneage_net import hub_reachable
 from ..utils.errors import DataError, UserError
 
@@ -181,9 +189,93 @@ def fingerprint(cfg: NetConfig, *parts: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_model(path: Path, kind: str, model: nn.Module, cfg: NetConfig, fingerprint_: str) -> Path:
-    save_checkpoint(Path(path), kind=kind, model=model, config=asdict(cfg), fingerprint=fingerprint_)
-    return Path(path)
+class LazyImages(Mapping):
+    """id -> uint8 grey pixels, read from disk on each access: the learned models' `images` for a
+    whole dataset without holding every film in memory (they letterbox what they keep)."""
+
+    def __init__(self, paths: Mapping[str, str]):
+        self.paths = {str(k): str(v) for k, v in paths.items()}
+
+    def __getitem__(self, image_id: str) -> np.ndarray:
+        return read_gray8(self.paths[str(image_id)]).pixels
+
+    def __iter__(self):
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __contains__(self, image_id) -> bool:
+        return str(image_id) in self.paths
+
+
+class EpochDataset(Dataset):
+    """Letterboxed training rows augmented as a function of (seed, epoch, row) only, as the
+    engine's epoch loop reads them: image, male (unused), age (the target) and index."""
+
+    def __init__(self, images: list[np.ndarray], cfg: NetConfig, augment: bool, keypoints: bool):
+        self.images, self.cfg, self.epoch = images, cfg, 0
+        self.transform = augmentation(cfg, keypoints=keypoints) if augment else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def augmented(self, index: int, **targets) -> dict | None:
+        """The row's augmentation of image and `targets` (albumentations' names), None without one."""
+        if self.transform is None:
+            return None
+        self.transform.set_random_seed(seed_for(self.cfg, self.epoch, index))
+        return self.transform(image=self.images[index], **targets)
+
+    @staticmethod
+    def sample(index: int, image: np.ndarray, target: torch.Tensor) -> dict:
+        return {"image": to_tensor(image[None])[0], "male": torch.zeros(1), "age": target, "index": index}
+
+
+class LearnedModel:
+    """A trained network with its config, fingerprint, the ids it trained on and (when a caller
+    says) the dataset those ids belong to; subclasses give
+    KIND (the checkpoint's kind), CONFIG (its config class), FILE (its name in a work folder),
+    WHAT (for logs) and `network(cfg)`."""
+
+    KIND = ""
+    CONFIG: type = NetConfig
+    FILE = "model.pt"
+    WHAT = "model"
+
+    def __init__(self, model: nn.Module, cfg: NetConfig, fingerprint: str = "", trained_ids=()):
+        self.model, self.cfg, self.fingerprint = model.eval(), cfg, fingerprint
+        self.trained_ids = [str(i) for i in trained_ids]
+        self.dataset = ""  # the dataset of trained_ids, where known
+
+    @classmethod
+    def network(cls, cfg) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, cfg):
+        cfg.check()
+        return cls(cls.network(cfg), cfg)
+
+    def save(self, path: str | Path) -> Path:
+        save_checkpoint(Path(path), kind=self.KIND, model=self.model, config=asdict(self.cfg),
+                        fingerprint=self.fingerprint, trained_ids=list(self.trained_ids), dataset=self.dataset)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path):
+        state = load_model_state(path, cls.KIND)
+        loaded = cls.build(cls.CONFIG.from_dict({**state["config"], "pretrained": False}))
+        loaded.model.load_state_dict(state["model"])
+        loaded.model.eval()
+        loaded.cfg.pretrained = bool(state["config"].get("pretrained", False))
+        loaded.fingerprint = str(state.get("fingerprint", ""))
+        loaded.trained_ids = [str(i) for i in state.get("trained_ids", [])]
+        loaded.dataset = str(state.get("dataset", ""))
+        return loaded
 
 
 def load_model_state(path: str | Path, kind: str) -> dict:
@@ -198,6 +290,32 @@ def load_model_state(path: str | Path, kind: str) -> dict:
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise DataError(f"{path}: not a {kind} checkpoint (it is {state.get('kind') if isinstance(state, dict) else '?'})")
     return state
+
+
+def train_model(cls: type[LearnedModel], cfg: NetConfig, made_from: str, trained_ids: list[str],
+                make_dataset: Callable[[nn.Module], Dataset], codec, work_dir: str | Path | None = None,
+                init_from: str | Path | None = None, resume: bool = True) -> LearnedModel:
+    """What both learned models' training shares: reuse `work_dir/cls.FILE` when it was made from
+    the same fingerprint, else seed, build (starting from `init_from`'s weights when given), `fit`
+    on `make_dataset(network)` (its `last.pt` resumed under the same fingerprint) and save."""
+    work = Path(work_dir) if work_dir else None
+    if work and resume and (work / cls.FILE).is_file():
+        done = cls.load(work / cls.FILE)
+        if done.fingerprint == made_from:
+            log.info("%s: %s is complete, reused", cls.WHAT, work / cls.FILE)
+            return done
+    seed_everything(cfg.seed, deterministic=False)
+    device = resolve_device(cfg.device)
+    result = cls.build(cfg)
+    if init_from:
+        result.model.load_state_dict(cls.load(init_from).model.state_dict())
+    model = result.model.to(device)
+    fit(model, make_dataset(model), codec, cfg, device, made_from, work / "last.pt" if work else None, resume,
+        cls.WHAT)
+    result.fingerprint, result.trained_ids = made_from, [str(i) for i in trained_ids]
+    if work:
+        result.save(work / cls.FILE)
+    return result
 
 
 def fit(model: nn.Module, dataset, codec, cfg: NetConfig, device: torch.device, fingerprint_: str,
