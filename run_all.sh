@@ -66,7 +66,29 @@ while (($#)); do
   shift
 done
 
-stage() { printf '\n==> %s\n' "$*"; }
+# Each stage's wall time, written to $WORK/run_all_timings.json at the end (the bench's
+# demo_end_to_end row reads it) and printed.
+STAGES=()
+STAGE=""
+STAGE_T0=$(date +%s.%N)
+RUN_T0=$STAGE_T0
+end_stage() {
+  local now; now=$(date +%s.%N)
+  [[ -n "$STAGE" ]] && STAGES+=("$STAGE=$(awk -v a="$STAGE_T0" -v b="$now" 'BEGIN { printf "%.1f", b - a }')")
+  STAGE_T0=$now
+  STAGE=""
+}
+stage() {
+  end_stage
+  STAGE=${1%% *}
+  STAGE=${STAGE%:}
+  printf '\n==> %s\n' "$*"
+}
+write_timings() {
+  end_stage
+  "$PY" -m src.utils.timings --out "$WORK/run_all_timings.json" --started "$RUN_T0" --profile "$PROFILE" \
+    --input "$INPUT" --jobs "$JOBS" "${STAGES[@]}"
+}
 
 if [[ -n "$PROFILE" && ! -f src/configs/profiles/$PROFILE.yaml ]]; then
   echo "run_all.sh: unknown profile '$PROFILE' (profiles: $(cd src/configs/profiles && ls *.yaml | sed 's/\.yaml$//' | tr '\n' ' '))" >&2
@@ -147,6 +169,7 @@ EXP="$WORK/$CONFIG-$PROFILE"
 ((SMOKE)) && EXP="$EXP-limit${SMOKE_LIMIT:-100}"
 
 if ((SMOKE)); then
+  write_timings
   stage "done (smoke run: the model family, stack and report are skipped)"
   echo "baseline OOF:     $EXP/oof.csv"
   [[ -f "$EXP/summary.txt" ]] && echo "baseline summary: $(cat "$EXP/summary.txt")"
@@ -167,6 +190,7 @@ if [[ -f "$WORK/stack/test.csv" ]]; then
   "$PY" -m src submit --input "$INPUT"
 fi
 
+write_timings
 stage "done"
 echo "audit report:     $WORK/audit.csv"
 echo "folds:            $WORK/folds.csv"

@@ -113,6 +113,24 @@ def test_run_all_rejects_unknown_arguments():
     assert proc.returncode == 2 and "--bogus" in proc.stderr
 
 
+def test_run_all_smoke_demo_runs_its_stages_and_times_each(tmp_path):
+    """The whole script on a tiny phantom (--demo --smoke: 1 epoch, the baseline only): it exits
+    0 and writes each stage's wall time, in order, to run_all_timings.json."""
+    import json
+
+    env = {**os.environ, "BONEAGE_WORKING": str(tmp_path / "working"), "PHANTOM_TRAIN": "60", "PHANTOM_TEST": "4",
+           "PHANTOM_SCALE": "0.05", "SMOKE_LIMIT": "60"}
+    root = tmp_path / "phantom"
+    proc = subprocess.run(["bash", str(PROJECT_ROOT / "run_all.sh"), "--demo", "--smoke", "--input", str(root),
+                           "--jobs", "1", "--device", "cpu"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    timings = json.loads((DatasetPaths(root).work_dir() / "run_all_timings.json").read_text())
+    assert [row["stage"] for row in timings["stages"]] == ["phantom", "audit", "folds", "train"]
+    assert all(row["seconds"] >= 0 for row in timings["stages"]) and timings["profile"] == "demo"
+    assert sum(row["seconds"] for row in timings["stages"]) <= timings["total_s"] + 1
+    assert "stage timings" in proc.stdout
+
+
 def test_phantom_kaggle_layout_goes_through_intake_audit_and_folds(tmp_path):
     root = tmp_path / "phantom"
     generate(root, PhantomParams(seed=1, scale=0.08, n_train=60, n_test=6), workers=1)

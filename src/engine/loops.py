@@ -7,9 +7,13 @@ loss and the decode to the prediction unit, so these loops serve every model of 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,13 +27,55 @@ INPUT_KEYS = ("image", "male")
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+BF16_ENV = "BONEAGE_CPU_BF16"  # 1 or 0: overrides the CPU's bf16 detection
+_warned: set[str] = set()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX, Arm BF16). Without it,
+    CPU autocast to bf16 is emulated: measured 11x SLOWER than fp32 for resnet10t training on an
+    AVX2-only EPYC (3.8 against 43 img/s), where an AVX512-BF16 EPYC ran it 1.6x faster."""
+    forced = os.environ.get(BF16_ENV)
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 @dataclass
 class Precision:
-    """Autocast settings: bf16 on CPU and GPU; fp16 (GPU) goes with a GradScaler."""
+    """Autocast settings: bf16 on GPU and on a CPU with native bf16 (else fp32, said once);
+    fp16 (GPU) goes with a GradScaler. `requested` keeps the configured dtype."""
 
     device: torch.device
     amp_dtype: str | None
     channels_last: bool
+
+    def __post_init__(self) -> None:
+        self.requested = self.amp_dtype
+        if self.device.type == "cpu" and self.amp_dtype == "bfloat16" and not cpu_has_native_bf16():
+            self.amp_dtype = None
+            if "bf16" not in _warned:
+                _warned.add("bf16")
+                logging.getLogger(__name__).warning(
+                    "bfloat16 autocast asked, but this CPU has no native bf16 (no avx512_bf16/amx_bf16 in "
+                    "/proc/cpuinfo): running in float32, which is ~10x faster here (set %s=1 to force bf16)", BF16_ENV)
+
+    @property
+    def label(self) -> str:
+        """What autocast actually runs, for the logs."""
+        if self.amp_dtype == self.requested:
+            return str(self.amp_dtype or "none")
+        return f"float32 ({self.requested} asked; this CPU has no native bf16)"
 
     def autocast(self):
         dtype = AMP_DTYPES.get(self.amp_dtype or "none")

@@ -228,7 +228,7 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = True) -> dict:
     if ctx.dist.is_main:
         log.info("fold %d: %s, weights from %s, %d epochs, batch %d x %d accum x %d ranks, %s autocast, device %s",
                  fold, cfg["model"]["backbone"], weights_source, epochs, tcfg["batch_size"], accum,
-                 ctx.dist.world_size, tcfg.get("amp_dtype"), device)
+                 ctx.dist.world_size, precision.label, device)
     writer = _tensorboard(fold_dir, ctx.dist.is_main)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
