@@ -147,7 +147,7 @@ def load_config(name_or_path: str, profile: str | None = None, overrides: list[s
 
 # Keys that change how a run is carried out but not what it learns.
 RUN_CONTROL_KEYS = {"_resolved", "deterministic"}
-RUN_CONTROL_TRAIN_KEYS = {"eval_batch_size", "log_every", "compile"}
+RUN_CONTROL_TRAIN_KEYS = {"eval_batch_size", "log_every", "val_every", "compile"}
 RUN_CONTROL_DATA_KEYS = {"num_workers", "cache_workers"}
 
 
@@ -278,6 +278,7 @@ RULES: dict[str, Rule] = {
     "train.ema_decay": number(0, 1),
     "train.grad_clip": nullable(number(0, low_open=True)),
     "train.log_every": integer(0),
+    "train.val_every": integer(1),
     "train.predict_from": one_of("last", "best"),
     "data.sex": one_of("both", "male", "female"),
     "target.form": one_of("regression", "classification"),

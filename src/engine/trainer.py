@@ -190,6 +190,7 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = True) -> dict:
 
     accum = int(tcfg["grad_accum_steps"])
     epochs = int(tcfg["epochs"])
+    val_every = int(tcfg.get("val_every", 1))  # validation is only watched (predict_from: last), so it may be sparse
     updates_per_epoch = max(1, (len(train_loader) + accum - 1) // accum)
     optimizer = create_optimizer_v2(model, opt=cfg["optim"]["name"], lr=float(cfg["optim"]["lr"]),
                                     weight_decay=float(cfg["optim"]["weight_decay"]))
@@ -243,8 +244,10 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = True) -> dict:
         )
         num_updates = stats.updates
         eval_model = ema.module if ema is not None else model
-        idx, pred = predict(eval_model, val_loader, codec, precision, ctx.dist, desc="validate")
-        val_mae = float(np.mean(np.abs(pred - val_ds.ages[idx])))
+        val_mae = float("nan")  # an epoch without validation (train.val_every) shows none
+        if (epoch + 1) % val_every == 0 or epoch + 1 == epochs:
+            idx, pred = predict(eval_model, val_loader, codec, precision, ctx.dist, desc="validate")
+            val_mae = float(np.mean(np.abs(pred - val_ds.ages[idx])))
         lr = optimizer.param_groups[0]["lr"]
         row = {"fold": fold, "epoch": epoch + 1, "train_loss": float(stats.loss), "val_mae": val_mae, "lr": lr,
                "img_per_s": float(stats.images_per_s), "seconds": time.perf_counter() - t0}
@@ -252,9 +255,9 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = True) -> dict:
         improved = val_mae < best_mae
         best_mae = min(best_mae, val_mae)
         if ctx.dist.is_main:
-            log.info("fold %d epoch %d/%d  train_loss %.4f  val_mae %.2f mo%s  lr %.2e  %.1f img/s  %.0fs",
-                     fold, epoch + 1, epochs, stats.loss, val_mae, " *" if improved else "", lr,
-                     stats.images_per_s, row["seconds"])
+            log.info("fold %d epoch %d/%d  train_loss %.4f  val_mae %s%s  lr %.2e  %.1f img/s  %.0fs",
+                     fold, epoch + 1, epochs, stats.loss, "-" if np.isnan(val_mae) else f"{val_mae:.2f} mo",
+                     " *" if improved else "", lr, stats.images_per_s, row["seconds"])
             common = dict(epoch=epoch, best_mae=best_mae, num_updates=num_updates, history=history,
                           target=codec.state_dict(), config=cfg, fingerprint=ctx.fingerprints.train)
             if improved:

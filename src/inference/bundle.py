@@ -134,10 +134,20 @@ def _working_model(work: Path, name: str, n_folds: int, input_dir: str) -> Model
     return spec
 
 
-def _registration_settings(work: Path) -> dict:
+def registration_settings(work: Path) -> dict:
+    """What predict needs to register new images as the training images were: the flag
+    threshold, the detector's version, its kind and, for learned models, their weights."""
     info_path = work / "registration" / "registration.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    return {k: info[k] for k in ("min_confidence", "detector") if k in info}
+    settings = {k: info[k] for k in ("min_confidence", "detector", "kind", "mask") if k in info}
+    if info.get("kind") == "learned":
+        settings["detector_weights"] = (info.get("training") or {}).get("weights")
+    if info.get("mask") == "learned":
+        settings["mask_weights"] = (info.get("mask_model") or {}).get("weights")
+    return settings
+
+
+REGISTRATION_WEIGHTS = ("detector_weights", "mask_weights")  # paths; relative ones are inside a package
 
 
 def from_working(input_dir: str | Path, model: str | None = None) -> Bundle:
@@ -164,7 +174,7 @@ def from_working(input_dir: str | Path, model: str | None = None) -> Bundle:
             if fitted_on and spec.fingerprint and fitted_on != spec.fingerprint:
                 raise UserError(f"{work / 'stack' / 'stack.json'} was fitted on other predictions of {spec.name!r} "
                                 f"(retrained since): fit it again with `python -m src stack --input {input_dir}`")
-    registration = _registration_settings(work) if any(m.registered for m in models) else {}
+    registration = registration_settings(work) if any(m.registered for m in models) else {}
     return Bundle(str(work), models, stack, registration)
 
 
@@ -207,7 +217,11 @@ def from_package(folder: str | Path, model: str | None = None) -> Bundle:
         spec = ModelSpec(name, _read_yaml(folder / entry["config"]), folds, entry.get("fingerprint"))
         check_weights(spec)
         models.append(spec)
-    return Bundle(str(folder), models, stack, dict(manifest.get("registration") or {}))
+    registration = dict(manifest.get("registration") or {})
+    for key in REGISTRATION_WEIGHTS:
+        if registration.get(key):
+            registration[key] = str(folder / registration[key])
+    return Bundle(str(folder), models, stack, registration)
 
 
 def load_bundle(input_dir: str | Path | None = None, code: str | Path | None = None,

@@ -54,27 +54,58 @@ def recipe_key(cfg: dict) -> str:
     return json.dumps([int(cfg["data"]["size"]), cfg["data"]["preprocess"]], sort_keys=True)
 
 
+def registration_detector(registration: dict):
+    """The detector the models' registration used (`registration.json`'s kind: the heuristic,
+    on the learned mask if it used one, or the learned detector from its weights), with the
+    interface `python -m src register` runs: version and results(jobs, workers)."""
+    from ..commands.register import HeuristicRun, load_detector
+    from ..utils.errors import UserError
+
+    def weights(key: str, what: str) -> Path:
+        path = registration.get(key)
+        if not path or not Path(path).is_file():
+            raise UserError(f"the models were trained on registered crops made with a learned {what}, whose weights "
+                            f"({path or 'not named in registration.json'}) are missing")
+        return Path(path)
+
+    if registration.get("kind") == "learned":
+        from ..registration.detectors import LearnedRun
+        from ..registration.learned_keypoints import LearnedKeypointDetector
+
+        path = weights("detector_weights", "keypoint detector")
+        return LearnedRun(LearnedKeypointDetector.load(path), {}, path, {})
+    detect, version = load_detector()
+    if registration.get("mask") == "learned":
+        from ..registration.learned_mask import LearnedHandMask
+
+        path = weights("mask_weights", "hand mask")
+        return HeuristicRun(detect, version, path, LearnedHandMask.load(path))
+    return HeuristicRun(detect, version)
+
+
 def detect_keypoints(table: pd.DataFrame, work_dir: Path, registration: dict) -> pd.DataFrame:
-    """Detect the registration keypoints of every image of `table` (id, path), flag them as
-    `python -m src register` does, and write `work_dir/registration/keypoints.csv` for the
-    `register` step. Returns id, registration_confidence, registration_method."""
-    from ..commands.register import _detect_one, flag_reason, load_detector
+    """Detect the registration keypoints of every image of `table` (id, path) with the detector
+    the models' registration used, flag them as `python -m src register` does, and write
+    `work_dir/registration/keypoints.csv` for the `register` step. Returns id,
+    registration_confidence, registration_method."""
+    from ..commands.register import flag_reason
     from ..registration.keypoint_io import write_keypoint_table
     from ..registration.types import KEYPOINT_COLUMNS
 
-    _, version = load_detector()
+    detector = registration_detector(registration)
     trained_with = registration.get("detector")
-    if trained_with and trained_with != version:
+    if trained_with and trained_with != detector.version:
         log.warning("the models were trained on keypoints of detector %s, this code has %s: registered crops "
-                    "may differ from training", trained_with, version)
+                    "may differ from training", trained_with, detector.version)
     min_confidence = float(registration.get("min_confidence", DEFAULT_MIN_CONFIDENCE))
+    jobs = list(zip(table["id"].astype(str), table["path"].astype(str)))
     rows = []
-    for image_id, path in zip(table["id"].astype(str), table["path"].astype(str)):
-        detection = _detect_one((image_id, path))
-        row = {c: detection.get(c) for c in KEYPOINT_COLUMNS}
-        if flag_reason(detection, min_confidence):
-            row["method"] = "fallback"
-        rows.append(row)
+    with detector.results(jobs, 1) as detections:
+        for detection in detections:
+            row = {c: detection.get(c) for c in KEYPOINT_COLUMNS}
+            if flag_reason(detection, min_confidence):
+                row["method"] = "fallback"
+            rows.append(row)
     keypoints = pd.DataFrame(rows, columns=KEYPOINT_COLUMNS)
     write_keypoint_table(keypoints, Path(work_dir) / "registration" / "keypoints.csv")
     return pd.DataFrame({"id": keypoints["id"], "registration_confidence": keypoints["confidence"].astype(float),

@@ -30,7 +30,7 @@ import torch
 from ..data.layout import CANONICAL_FOLDS, DatasetPaths
 from ..utils.errors import DataError, UserError
 from ..utils.io import atomic_path, file_sha256, human_bytes, read_id_csv, write_json, write_yaml
-from .bundle import FORMAT, MANIFEST, STACK, Bundle, from_package, from_working
+from .bundle import FORMAT, MANIFEST, REGISTRATION_WEIGHTS, STACK, Bundle, from_package, from_working
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,25 @@ def _replace(built: Path, out: Path) -> None:
     os.replace(built, out)
 
 
+def _package_registration(bundle, built: Path) -> dict | None:
+    """The registration settings, with a learned detector's or mask's weights copied into
+    `registration/` of the package and named relative to it."""
+    if not bundle.registered:
+        return None
+    settings = dict(bundle.registration)
+    for key in REGISTRATION_WEIGHTS:
+        if settings.get(key):
+            source = Path(settings[key])
+            if not source.is_file():
+                raise UserError(f"the registration's {key.replace('_', ' ')} {source} are missing: run "
+                                f"`python -m src register` again before packaging")
+            target = built / "registration" / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            settings[key] = target.relative_to(built).as_posix()
+    return settings
+
+
 def build_package(input_dir: str | Path, out: str | Path, user: str, model: str | None = None,
                   license_name: str = "other") -> PackageResult:
     bundle = from_working(input_dir, model)
@@ -128,14 +147,14 @@ def build_package(input_dir: str | Path, out: str | Path, user: str, model: str 
             "format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dataset": work.name, "boneage": STACK if bundle.stack is not None else bundle.models[0].name,
             "stack": "stack.json" if bundle.stack is not None else None, "models": entries,
-            "registration": bundle.registration if bundle.registered else None, "packages": package_versions(),
+            "registration": _package_registration(bundle, built), "packages": package_versions(),
         }
         write_json(manifest, built / MANIFEST)  # last: a folder without it is no package
         _replace(built, out)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)
         raise
-    parts = {name: folder_bytes(out / name) for name in ("src", "models", "folds.csv") if (out / name).exists()}
+    parts = {name: folder_bytes(out / name) for name in ("src", "models", "registration", "folds.csv") if (out / name).exists()}
     return PackageResult(out, folder_bytes(out), parts, manifest)
 
 
