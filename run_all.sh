@@ -22,6 +22,7 @@ Options:
   --smoke           a quick check of the whole path: 100 training images, 1 epoch, in <config>-<profile>-limit100
   --force           retrain every fold from scratch (default: finished folds are skipped, interrupted ones resume)
   --jobs N          train N folds at once, each in its own process with its share of the cores
+                    (and its own GPU, CUDA_VISIBLE_DEVICES, where there are GPUs)
                     (default: 2 for the demo and cpu profiles on a machine with 2+ cores, else 1)
   --baseline-only   train the baseline only (default: then the profile's model family, src/configs/families.yaml)
   --test-labels F   score the test predictions against this labels CSV in the leaderboard (repeatable)

@@ -12,7 +12,7 @@ from .utils.errors import UserError
 
 # command name -> module under src.commands (a fixed table, not user input)
 COMMANDS = ("phantom", "audit", "folds", "register", "train", "stack", "leaderboard", "submit", "report", "predict",
-            "kaggle-package")
+            "kaggle-package", "bench")
 # commands that write files (all of them: phantom data or its preview, audit tables, folds, runs)
 WRITING_COMMANDS = frozenset(COMMANDS)
 

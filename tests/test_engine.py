@@ -348,3 +348,14 @@ def test_train_cli_without_audit_is_a_clear_error(tmp_path, capsys):
     code = cli_main(["train", "--config", "baseline_inception_v3", "--input", str(tmp_path / "nothing")])
     err = capsys.readouterr().err
     assert code == 2 and "audit" in err and "Traceback" not in err
+
+
+def test_fold_workers_are_pinned_one_gpu_each(monkeypatch):
+    """`--jobs N` on a GPU machine: worker k gets CUDA_VISIBLE_DEVICES = the k-th visible GPU."""
+    from src.engine.fold_jobs import visible_gpus, worker_environment
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    gpus = visible_gpus("auto")
+    assert gpus == ["2", "3"]
+    assert [worker_environment({}, slot, gpus)["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == ["2", "3", "2"]
+    assert visible_gpus("cpu") == [] and worker_environment({"A": "1"}, 0, []) == {"A": "1"}

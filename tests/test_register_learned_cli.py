@@ -90,6 +90,35 @@ def test_learned_from_a_table_writes_learned_keypoints_and_cross_validated_qa(fr
     assert set(scores["point"]) == {"middle", "thumb", "capitate"} and (scores["n"] == 35).all()
 
 
+def predict_registers_alike(root, tmp_path, n: int = 4) -> str:
+    """predict's registration of new images (the detector named by registration.json, see
+    inference/images.py) gives the keypoints `register` wrote for the same images: its version."""
+    import numpy as np
+
+    from src.inference.bundle import registration_settings
+    from src.inference.images import detect_keypoints, registration_detector
+
+    work = DatasetPaths(root).work_dir()
+    settings = registration_settings(work)
+    paths = sorted(DatasetPaths(root).train_dir.glob("*.png"))[:n]
+    table = pd.DataFrame({"id": [p.stem for p in paths], "path": [str(p) for p in paths]})
+    got = detect_keypoints(table, tmp_path, settings)
+    mine = read_keypoint_table(tmp_path / "registration" / "keypoints.csv").set_index("id")
+    theirs = read_keypoint_table(work / "registration" / "keypoints.csv").set_index("id").loc[mine.index]
+    coords = [c for c in KEYPOINT_COLUMNS if c.endswith(("_x", "_y"))]
+    np.testing.assert_allclose(mine[coords].to_numpy(float), theirs[coords].to_numpy(float), atol=0.05)
+    assert list(mine["method"]) == list(theirs["method"]) and list(got["registration_method"]) == list(mine["method"])
+    return registration_detector(settings).version
+
+
+def test_predict_registers_new_images_with_the_learned_detector(from_table, tiny_phantom, working, monkeypatch,
+                                                                 tmp_path):
+    out, summary = from_table
+    monkeypatch.setenv("BONEAGE_WORKING", str(working))
+    assert predict_registers_alike(tiny_phantom, tmp_path) == summary["detector"]
+    assert summary["detector"].startswith("learned-")
+
+
 def test_a_rerun_trains_nothing_and_a_changed_model_detects_again(from_table, phantom, cli_main, monkeypatch):
     out, summary = from_table
     stamps = {p: p.stat().st_mtime_ns for p in out.joinpath("detector").rglob("*.pt")}
@@ -166,7 +195,8 @@ def test_pseudo_labels_start_from_the_confident_heuristic_detections(phantom, cl
     assert read_json(out / "registration.json")["detector"] == summary["detector"]
 
 
-def test_learned_mask_feeds_the_heuristic_and_is_scored_against_the_truth_masks(phantom, cli_main, monkeypatch):
+def test_learned_mask_feeds_the_heuristic_and_is_scored_against_the_truth_masks(phantom, cli_main, monkeypatch,
+                                                                                 tmp_path):
     register(cli_main, phantom, "--mask", "learned", "--rounds", "1", "--workers", "2", "--qa")
     out = registration_dir(phantom)
     summary = read_json(out / "registration.json")
@@ -181,6 +211,7 @@ def test_learned_mask_feeds_the_heuristic_and_is_scored_against_the_truth_masks(
     no_training(monkeypatch)
     register(cli_main, phantom, "--mask", "learned", "--rounds", "1")
     assert read_json(out / "registration.json")["detector"] == summary["detector"]
+    assert predict_registers_alike(phantom, tmp_path) == summary["detector"]  # predict uses the learned mask too
 
 
 @pytest.mark.parametrize("extra, message", [

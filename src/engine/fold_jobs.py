@@ -71,12 +71,31 @@ def child_environment(jobs: int) -> dict:
     return env
 
 
+def visible_gpus(device: str) -> list[str]:
+    """The GPUs fold workers are pinned to, one each in turn (CUDA_VISIBLE_DEVICES), so `--jobs N`
+    on an N-GPU machine trains one fold per GPU; none for `--device cpu` or without CUDA."""
+    if device == "cpu":
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g.strip() for g in listed.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def worker_environment(env: dict, slot: int, gpus: list[str]) -> dict:
+    """Worker `slot`'s environment: its GPU when there are GPUs."""
+    return {**env, "CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if gpus else env
+
+
 class FoldWorker:
     """One `python -m src.engine.fold_worker` process, the job it holds (experiment, fold, log)
     and a thread that reads its result lines into the shared inbox as (worker, line), then
     (worker, None) at EOF, so the main loop never blocks on one worker."""
 
-    def __init__(self, env: dict, inbox: queues.Queue):
+    def __init__(self, env: dict, inbox: queues.Queue, slot: int = 0):
+        self.slot = slot  # which GPU (of visible_gpus) it holds, if any
         self.proc = subprocess.Popen([sys.executable, "-m", WORKER_MODULE], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         self.job: tuple[ExperimentJob, int, Path] | None = None
@@ -127,6 +146,7 @@ def run_folds_in_parallel(experiments: list[ExperimentJob], input_dir: str, jobs
     if queue:
         log.info("training %d folds in %d worker processes (%s threads each); each fold logs to "
                  "<experiment>/fold<k>/train.log", len(queue), min(jobs, len(queue)), env["OMP_NUM_THREADS"])
+    gpus = visible_gpus(device)
     inbox: queues.Queue = queues.Queue()
     active: list[FoldWorker] = []  # workers that take jobs
     stopped: list[FoldWorker] = []  # workers told to exit
@@ -149,8 +169,11 @@ def run_folds_in_parallel(experiments: list[ExperimentJob], input_dir: str, jobs
                 break
             job, fold = queue.pop(0)
             if worker is None:
-                worker = FoldWorker(env, inbox)
+                slot = min(set(range(jobs)) - {w.slot for w in active})
+                worker = FoldWorker(worker_environment(env, slot, gpus), inbox, slot)
                 active.append(worker)
+                if gpus:
+                    log.info("fold worker pid %d: GPU %s", worker.proc.pid, gpus[slot % len(gpus)])
             log_path = job.plan.out_dir / f"fold{fold}" / "train.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             worker.give(job, fold, log_path)
