@@ -205,7 +205,7 @@ def inference_row(ctx: BenchContext) -> Row:
         cfg["data"]["size"] = 299
     n_views = 2 if ctx.quick else len(cfg["tta"])
     images = _tta_inputs(ctx, cfg, n_views)
-    male = torch.as_tensor(ctx.table["male"].astype(float).to_numpy(), dtype=torch.float32)[:, None]
+    male = torch.tensor(ctx.table["male"].astype(float).to_numpy(), dtype=torch.float32)[:, None]  # a copy: pandas arrays are read-only
     codec = build_target(cfg["target"]).fit(ctx.table["boneage"].to_numpy())
     torch.manual_seed(0)
     model, _ = build_model({**cfg["model"], "pretrained": False, "pretrained_file": None}, in_chans=1,
