@@ -359,3 +359,61 @@ def test_fold_workers_are_pinned_one_gpu_each(monkeypatch):
     assert gpus == ["2", "3"]
     assert [worker_environment({}, slot, gpus)["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == ["2", "3", "2"]
     assert visible_gpus("cpu") == [] and worker_environment({"A": "1"}, 0, []) == {"A": "1"}
+
+
+def test_cache_pack_serves_built_images_and_never_a_stale_one(tiny_phantom):
+    """`load` reads the memory-mapped pack, pixel for pixel what the PNGs hold; an image rebuilt
+    after the pack was made (its source changed) is read from its new PNG, not the pack."""
+    import cv2
+
+    from src.data.cache_pack import current_pack
+
+    root = audited(tiny_phantom)
+    table = read_id_csv(DatasetPaths(root).work_dir() / "train.csv")
+    cache = PreprocessCache("tiny", str(root), 48, [{"name": "pad_square"}, {"name": "resize"}])
+    cache.build(table, workers=1)
+    digest = current_pack(cache.dir)
+    assert digest and (cache.dir / f"pack-{digest}.npy").is_file()
+    first = str(table["id"].iloc[0])
+    for image_id in table["id"].astype(str):
+        png = cv2.imread(str(cache.path(image_id)), cv2.IMREAD_GRAYSCALE)
+        assert np.array_equal(cache.load(image_id), png)
+    assert cache._reader is not None and len(cache._reader.rows) == len(table)
+    # the source of one image changes: the next build rebuilds it and packs anew
+    source = Path(table["path"].iloc[0])
+    flipped = cv2.imread(str(source), cv2.IMREAD_UNCHANGED)[::-1].copy()
+    cv2.imwrite(str(source), flipped)
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    stale_reader = PreprocessCache("tiny", str(root), 48, cache.steps)
+    stale_reader.load(first)  # maps the old pack, before the rebuild
+    cache.build(table, workers=1)
+    assert current_pack(cache.dir) != digest and not (cache.dir / f"pack-{digest}.npy").exists()
+    new_png = cv2.imread(str(cache.path(first)), cv2.IMREAD_GRAYSCALE)
+    assert np.array_equal(cache.load(first), new_png)
+    stale_reader._reader = None  # a process that reopens sees the new pack
+    assert np.array_equal(stale_reader.load(first), new_png)
+
+
+def test_dataset_yields_uint8_and_the_device_norm_matches_the_float_recipe():
+    """Loader workers move uint8; `ImageNorm` on the device gives (x/255 - mean)/std, grey copied
+    to 3 channels when asked, in channels_last when the engine asks."""
+    from src.data.dataset import BoneAgeDataset, ImageNorm
+    from src.engine.loops import Precision
+
+    image = (np.random.default_rng(1).random((20, 20)) * 255).astype(np.uint8)
+
+    class Cache:
+        def load(self, image_id):
+            return image
+
+    table = pd.DataFrame({"id": ["1"], "male": [1], "boneage": [100.0]})
+    item = BoneAgeDataset(table, Cache(), channels=3, mean=0.4, std=0.3)[0]
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (1, 20, 20)
+    batch = {"image": item["image"][None], "male": item["male"][None]}
+    out = Precision(torch.device("cpu"), None, True).to_device(batch, ImageNorm(0.4, 0.3, 3))["image"]
+    want = (torch.from_numpy(image).float() / 255.0 - 0.4) / 0.3
+    assert out.shape == (1, 3, 20, 20) and out.is_contiguous(memory_format=torch.channels_last)
+    for c in range(3):
+        torch.testing.assert_close(out[0, c], want)
+    with pytest.raises(TypeError, match="image_norm"):
+        Precision(torch.device("cpu"), None, False).to_device(batch)

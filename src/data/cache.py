@@ -12,6 +12,9 @@ per cached id, the source file it was made from (id,path,size,mtime_ns). An id w
 path, size or mtime differs from the record (a regenerated or replaced image), or that has no
 record, counts as missing and is rebuilt. The record is saved as results come back (and when
 a build stops), so an interrupted build still resumes.
+
+A complete build is also packed into one memory-mapped array (`cache_pack`), which `load`
+reads instead of decoding a PNG per image per epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..utils.progress import progress
 from ..utils.errors import DataError, UserError
 from ..utils.io import atomic_path, human_bytes, is_disk_full, write_csv, write_json
 from ..utils.parallel import process_pool
+from .cache_pack import PackReader, write_pack
 from .images import read_gray8
 from .layout import working_root
 from .preprocess import StepContext, run_pipeline, step_inputs, validate_steps
@@ -98,6 +102,12 @@ class PreprocessCache:
         self.inputs = step_inputs(self.steps, self.work_dir)
         self.key = cache_key(dataset, source_root, self.size, self.steps, self.inputs)
         self.dir = working_root() / "cache" / self.key
+        self._reader: PackReader | None = None  # opened on the first load, in each process
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reader"] = None  # a spawned worker maps the pack itself; a memmap would pickle its bytes
+        return state
 
     def context(self, record: dict) -> StepContext:
         """What the steps see for one image: the size, its row, and the dataset's tables."""
@@ -188,6 +198,7 @@ class PreprocessCache:
         todo = table[stale]
         if todo.empty:
             log.info("cache %s: all %d images present", self.key, len(table))
+            self._pack(table, sources)
             return
         changed = [str(i) for i in todo["id"] if str(i) in sources]
         if changed:
@@ -233,13 +244,24 @@ class PreprocessCache:
                 self._write_sources(sources)
             raise self._disk_full_error(disk_full)
         self._write_sources(sources)
+        if not failures:
+            self._pack(table, sources)
         if failures:
             shown = "\n  ".join(failures[:20])
             raise DataError(
                 f"{len(failures)} images could not be preprocessed (run `python -m src audit` on the input):\n  {shown}"
             )
 
+    def _pack(self, table: pd.DataFrame, sources: dict[str, Stamp]) -> None:
+        write_pack(self.dir, self.size, [str(i) for i in table["id"]], sources, self.path)
+        self._reader = None  # the next load maps the current pack
+
     def load(self, image_id: str) -> np.ndarray:
+        if self._reader is None:
+            self._reader = PackReader(self.dir, self.size, self.read_sources())
+        packed = self._reader.get(str(image_id))
+        if packed is not None:
+            return packed
         path = self.path(image_id)
         image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if image is None:

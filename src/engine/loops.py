@@ -87,14 +87,21 @@ class Precision:
         enabled = self.amp_dtype == "float16" and self.device.type == "cuda"
         return torch.amp.GradScaler(self.device.type, enabled=enabled)
 
-    def to_device(self, batch: dict) -> dict:
+    def to_device(self, batch: dict, image_norm=None) -> dict:
+        """The batch on the device; uint8 images become the model input there, by `image_norm`
+        (the dataset's `ImageNorm`)."""
         out = {}
         non_blocking = self.device.type == "cuda"
         for key, value in batch.items():
             if torch.is_tensor(value):
                 value = value.to(self.device, non_blocking=non_blocking)
-                if key == "image" and self.channels_last:
-                    value = value.contiguous(memory_format=torch.channels_last)
+                if key == "image":
+                    if value.dtype == torch.uint8:
+                        if image_norm is None:
+                            raise TypeError("uint8 images need the dataset's image_norm to become model input")
+                        value = image_norm(value, channels_last=self.channels_last)
+                    elif self.channels_last:
+                        value = value.contiguous(memory_format=torch.channels_last)
             out[key] = value
         return out
 
@@ -114,9 +121,10 @@ def train_one_epoch(model, loader: DataLoader, codec, optimizer, scheduler, scal
     optimizer.zero_grad(set_to_none=True)
     total_loss, seen, start = 0.0, 0, time.perf_counter()
     n_batches = len(loader)
+    image_norm = getattr(loader.dataset, "image_norm", None)
     bar = progress(loader, desc=desc, leave=False, disable=not dist_info.is_main)
     for step, batch in enumerate(bar):
-        batch = precision.to_device(batch)
+        batch = precision.to_device(batch, image_norm)
         last_of_group = (step + 1) % grad_accum_steps == 0 or step + 1 == n_batches
         sync = contextlib.nullcontext() if last_of_group or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
@@ -162,13 +170,14 @@ def predict(model, loader: DataLoader, codec, precision: Precision, dist_info: D
     net = unwrap(model)
     net.eval()
     indices, preds = [], []
+    image_norm = getattr(loader.dataset, "image_norm", None)
     for batch in progress(loader, desc=desc, leave=False, disable=not dist_info.is_main):
         image, male = batch["image"], batch["male"]
         n_views = image.shape[1] if image.dim() == 5 else 0
         if n_views:
             image = image.flatten(0, 1)
             male = male.repeat_interleave(n_views, dim=0)
-        batch = precision.to_device({**batch, "image": image, "male": male})
+        batch = precision.to_device({**batch, "image": image, "male": male}, image_norm)
         with precision.autocast():
             outputs = net(*(batch[k] for k in INPUT_KEYS))
         decoded = codec.decode(outputs).float().cpu().numpy()
