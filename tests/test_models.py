@@ -280,8 +280,7 @@ def test_m46_classification_trains_one_fold_end_to_end(tiny_phantom):
 
 def test_every_family_member_resolves_and_the_demo_family_covers_the_recipe():
     """families.yaml names configs that load under their profile; the demo trains m46 in both
-    heads, a sex-specific pair and one registered model per region, beside the baseline; the
-    cpu family both heads and a sex-specific pair."""
+    heads, a sex-specific pair and one registered model per region, beside the baseline."""
     families = yaml.safe_load((Path(__file__).resolve().parents[1] / "src" / "configs" / "families.yaml").read_text())
     for profile, names in families.items():
         cfgs = [load_config(name, profile) for name in names]
@@ -292,7 +291,6 @@ def test_every_family_member_resolves_and_the_demo_family_covers_the_recipe():
     assert {c["data"]["sex"] for c in demo.values()} == {"both", "male", "female"}
     regions = {step.get("region") for c in demo.values() for step in c["data"]["preprocess"] if step["name"] == "region"}
     assert regions == {"A", "B", "C"}
-    cpu = [load_config(name, "cpu") for name in families["cpu"]]
-    assert len(cpu) >= 3  # >= 4 models with the baseline
-    assert {c["data"]["sex"] for c in cpu} == {"both", "male", "female"}  # a sex-specific pair beside both-sex models
-    assert {c["target"]["form"] for c in cpu} == {"regression", "classification"}
+    cpu_regions = {step.get("region") for name in families["cpu"]
+                   for step in load_config(name, "cpu")["data"]["preprocess"] if step["name"] == "region"}
+    assert "A" in cpu_regions and len(families["cpu"]) >= 3  # >= 4 models with the baseline
