@@ -97,16 +97,16 @@ def _loader(dataset, batch: int, workers: int) -> DataLoader:
 
 
 def _passes(loader: DataLoader, passes: int) -> int:
-    """Images through `loader`, made model input: uint8 batches go through the dataset's
-    ImageNorm as the engine's `to_device` does (on this machine the device is the CPU)."""
+    """Images through `loader`, made model input by the engine's `to_device` (uint8 batches
+    through the dataset's ImageNorm; on this machine the device is the CPU)."""
+    from ..engine.loops import Precision
+
+    to_input = Precision(torch.device("cpu"), None, False).to_device
     norm = getattr(loader.dataset, "image_norm", None)
     seen = 0
     for _ in range(passes):
         for batch in loader:
-            image = batch["image"]
-            if image.dtype == torch.uint8:
-                image = norm(image)
-            seen += len(image)
+            seen += len(to_input(batch, norm)["image"])
     return seen
 
 

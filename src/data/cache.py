@@ -135,11 +135,16 @@ class PreprocessCache:
             log.warning("cache %s: %s is unreadable (%s); every image will be rebuilt", self.key, path, exc)
             return {}
 
+    @staticmethod
+    def sources_frame(sources: dict[str, Stamp], ids: list[str] | None = None) -> pd.DataFrame:
+        """`sources` as the table sources.csv holds (id,path,size,mtime_ns), for `ids` (default: all), sorted by id."""
+        ids = sorted(sources if ids is None else set(ids))
+        return pd.DataFrame({"id": ids, "path": [sources[i][0] for i in ids],
+                             "size": [sources[i][1] for i in ids], "mtime_ns": [sources[i][2] for i in ids]},
+                            columns=SOURCE_COLUMNS)
+
     def _write_sources(self, sources: dict[str, Stamp]) -> None:
-        ids = sorted(sources)
-        frame = pd.DataFrame({"id": ids, "path": [sources[i][0] for i in ids],
-                              "size": [sources[i][1] for i in ids], "mtime_ns": [sources[i][2] for i in ids]},
-                             columns=SOURCE_COLUMNS)
+        frame = self.sources_frame(sources)
         try:
             write_csv(frame, self.sources_path)
         except Exception as exc:
@@ -253,7 +258,7 @@ class PreprocessCache:
             )
 
     def _pack(self, table: pd.DataFrame, sources: dict[str, Stamp]) -> None:
-        write_pack(self.dir, self.size, [str(i) for i in table["id"]], sources, self.path)
+        write_pack(self.dir, self.size, self.sources_frame(sources, [str(i) for i in table["id"]]), self.path)
         self._reader = None  # the next load maps the current pack
 
     def load(self, image_id: str) -> np.ndarray:

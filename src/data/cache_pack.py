@@ -31,12 +31,9 @@ from ..utils.progress import progress
 log = logging.getLogger(__name__)
 POINTER = "pack.json"
 
-Stamp = tuple[str, int, int]
 
-
-def _digest(ids: list[str], sources: dict[str, Stamp]) -> str:
-    text = "\n".join(f"{i},{sources[i][0]},{sources[i][1]},{sources[i][2]}" for i in ids)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+def _digest(stamps: pd.DataFrame) -> str:
+    return hashlib.sha1(stamps.to_csv(index=False).encode()).hexdigest()[:12]
 
 
 def current_pack(cache_dir: Path) -> str | None:
@@ -46,11 +43,12 @@ def current_pack(cache_dir: Path) -> str | None:
         return None
 
 
-def write_pack(cache_dir: Path, size: int, ids: list[str], sources: dict[str, Stamp], png_path) -> str | None:
-    """Pack the cached PNGs of `ids` (all built, all recorded in `sources`); returns the digest,
-    or None when the pack could not be written. Does nothing when the current pack is this one."""
-    ids = sorted(set(ids))
-    digest = _digest(ids, sources)
+def write_pack(cache_dir: Path, size: int, stamps: pd.DataFrame, png_path) -> str | None:
+    """Pack the cached PNGs of the ids of `stamps` (id,path,size,mtime_ns: the source records of
+    images all built, sorted by id); returns the digest, or None when the pack could not be
+    written. Does nothing when the current pack is this one."""
+    ids = stamps["id"].tolist()
+    digest = _digest(stamps)
     npy, csv = cache_dir / f"pack-{digest}.npy", cache_dir / f"pack-{digest}.csv"
     if current_pack(cache_dir) == digest and npy.is_file() and csv.is_file():
         return digest
@@ -64,8 +62,7 @@ def write_pack(cache_dir: Path, size: int, ids: list[str], sources: dict[str, St
                 array[row] = image
             array.flush()
             del array
-        write_csv(pd.DataFrame({"id": ids, "path": [sources[i][0] for i in ids],
-                                "size": [sources[i][1] for i in ids], "mtime_ns": [sources[i][2] for i in ids]}), csv)
+        write_csv(stamps, csv)
         old = current_pack(cache_dir)
         write_json({"digest": digest, "n": len(ids), "size": size}, cache_dir / POINTER)
     except Exception as exc:
@@ -85,7 +82,7 @@ class PackReader:
     """Rows of the current pack by id, for the ids whose source stamp still matches. Opened
     lazily in each process (the memory map is never pickled into a spawned worker)."""
 
-    def __init__(self, cache_dir: Path, size: int, sources: dict[str, Stamp]):
+    def __init__(self, cache_dir: Path, size: int, sources: dict[str, tuple[str, int, int]]):
         self.rows: dict[str, int] = {}
         self.array = None
         digest = current_pack(cache_dir)
