@@ -361,6 +361,24 @@ def test_fold_workers_are_pinned_one_gpu_each(monkeypatch):
     assert visible_gpus("cpu") == [] and worker_environment({"A": "1"}, 0, []) == {"A": "1"}
 
 
+def test_fold_progress_shows_the_latest_validation_between_validated_epochs(tmp_path):
+    """With train.val_every 2, odd epochs have no val_mae: the status line still shows the epoch
+    reached and the latest measured figure, not 'starting'."""
+    from types import SimpleNamespace
+
+    from src.engine.fold_jobs import ExperimentJob, _fold_progress
+
+    job = ExperimentJob(cfg={"train": {"epochs": 16}}, train_argv=[],
+                        plan=SimpleNamespace(out_dir=tmp_path / "exp"))
+    assert _fold_progress(job, 0) == "exp fold 0 starting"
+    (tmp_path / "exp" / "fold0").mkdir(parents=True)
+    metrics = tmp_path / "exp" / "fold0" / "metrics.csv"
+    metrics.write_text("fold,epoch,train_loss,val_mae,lr\n0,1,0.8,,1e-3\n0,2,0.7,28.8,1e-3\n")
+    assert _fold_progress(job, 0) == "exp fold 0 epoch 2/16 val_mae 28.80"
+    metrics.write_text(metrics.read_text() + "0,3,0.6,,1e-3\n")
+    assert _fold_progress(job, 0) == "exp fold 0 epoch 3/16 val_mae 28.80 (epoch 2)"
+
+
 def test_cache_pack_serves_built_images_and_never_a_stale_one(tiny_phantom):
     """`load` reads the memory-mapped pack, pixel for pixel what the PNGs hold; an image rebuilt
     after the pack was made (its source changed) is read from its new PNG, not the pack."""

@@ -18,6 +18,7 @@ worker that dies fails the fold it held, and a fresh one takes the rest of the q
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -273,14 +274,28 @@ def run_folds_in_parallel(experiments: list[ExperimentJob], input_dir: str, jobs
 
 
 def _fold_progress(job: ExperimentJob, fold: int) -> str:
-    """'<experiment> fold k epoch e/E val_mae x' from the fold's metrics.csv (its last epoch)."""
+    """'<experiment> fold k epoch e/E val_mae x' from the fold's metrics.csv.
+
+    Epochs without validation (train.val_every > 1) leave val_mae empty, so the figure shown is the
+    latest one measured, named by its epoch when that is not the last epoch trained."""
     epochs = int(job.cfg["train"]["epochs"])
     try:
-        lines = (job.plan.out_dir / f"fold{fold}" / "metrics.csv").read_text().strip().splitlines()
-        row = dict(zip(lines[0].split(","), lines[-1].split(",")))
-        return f"{job.name} fold {fold} epoch {row['epoch']}/{epochs} val_mae {float(row['val_mae']):.2f}"
-    except (OSError, IndexError, KeyError, ValueError):
+        with (job.plan.out_dir / f"fold{fold}" / "metrics.csv").open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError:
+        rows = []
+    if not rows:
         return f"{job.name} fold {fold} starting"
+    text = f"{job.name} fold {fold} epoch {rows[-1].get('epoch', '?')}/{epochs}"
+    measured = [row for row in rows if (row.get("val_mae") or "").strip()]
+    if measured:
+        try:
+            text += f" val_mae {float(measured[-1]['val_mae']):.2f}"
+        except ValueError:
+            return text
+        if measured[-1] is not rows[-1]:
+            text += f" (epoch {measured[-1].get('epoch', '?')})"
+    return text
 
 
 def _tail(path: Path, lines: int = 15) -> str:
