@@ -86,7 +86,7 @@ def cpu_model() -> str:
 def machine() -> dict:
     import torch
 
-    from ..engine.loops import cpu_has_native_bf16
+    from ..utils.cpu_features import cpu_has_native_bf16
 
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),

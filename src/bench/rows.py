@@ -293,7 +293,8 @@ def inference_row(ctx: BenchContext) -> Row:
 
 
 def train_step_row(ctx: BenchContext) -> Row:
-    from ..engine.loops import Precision, cpu_has_native_bf16
+    from ..engine.loops import Precision
+    from ..utils.cpu_features import cpu_has_native_bf16
     from ..models.boneage_net import build_model
 
     cfg = _baseline_cfg()
