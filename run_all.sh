@@ -178,7 +178,8 @@ if ((SMOKE)); then
 fi
 
 stage "stack: linear stack of every finished model, nested by fold -> $WORK/stack/"
-"$PY" -m src stack --input "$INPUT"
+# MAE is the metric: each outer fold picks least squares or least absolute deviations (nnls/lad) by CV on its fitting folds
+"$PY" -m src stack --input "$INPUT" --method auto
 
 stage "leaderboard -> $WORK/leaderboard.md"
 "$PY" -m src leaderboard --input "$INPUT" "${LABELS[@]}"
