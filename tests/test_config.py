@@ -67,7 +67,7 @@ def test_shipped_configs_and_profiles_are_valid(profile):
     load_config(BASE, profile)
 
 
-@pytest.mark.parametrize("native_bf16, epochs", [("0", 16), ("1", 26)])
+@pytest.mark.parametrize("native_bf16, epochs", [("0", 17), ("1", 26)])
 def test_cpu_profile_trains_longer_where_bf16_is_native(monkeypatch, native_bf16, epochs):
     """The cpu profile's `on_native_bf16_cpu` section applies only on such a CPU, and the section
     itself never reaches the resolved config (it would be an unknown key)."""
@@ -81,7 +81,7 @@ def test_cpu_profile_trains_longer_where_bf16_is_native(monkeypatch, native_bf16
         monkeypatch.delenv(BF16_ENV)
         cpu_has_native_bf16.cache_clear()
     assert cfg["train"]["epochs"] == epochs and config_module.NATIVE_BF16_SECTION not in cfg
-    assert cfg["train"]["batch_size"] == 16  # the rest of the profile is the same on both
+    assert cfg["train"]["batch_size"] == 32  # the rest of the profile is the same on both
 
 
 def test_unknown_keys_are_still_errors():

@@ -81,6 +81,14 @@ class FoldContext:
     resolved: dict = field(default_factory=dict)  # inputs, checksums, versions: for config.yaml
 
 
+def optimizer_kwargs(optim_cfg: dict) -> dict:
+    """Extra optimizer arguments: torch's fused Adam/AdamW where the config asks for it (older configs
+    without the key keep the default foreach path)."""
+    if optim_cfg.get("fused") and optim_cfg["name"].lower() in ("adam", "adamw"):
+        return {"fused": True}
+    return {}
+
+
 def _worker_init(worker_id: int) -> None:
     """Loader workers decode and augment with OpenCV; one thread each avoids oversubscribing cores."""
     cv2.setNumThreads(1)
@@ -193,7 +201,8 @@ def train_fold(ctx: FoldContext, data: FoldData, resume: bool = True) -> dict:
     val_every = int(tcfg.get("val_every", 1))  # validation is only watched (predict_from: last), so it may be sparse
     updates_per_epoch = max(1, (len(train_loader) + accum - 1) // accum)
     optimizer = create_optimizer_v2(model, opt=cfg["optim"]["name"], lr=float(cfg["optim"]["lr"]),
-                                    weight_decay=float(cfg["optim"]["weight_decay"]))
+                                    weight_decay=float(cfg["optim"]["weight_decay"]),
+                                    **optimizer_kwargs(cfg["optim"]))
     sch = cfg["schedule"]
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=sch["name"], num_epochs=epochs, warmup_epochs=int(sch.get("warmup_epochs", 0)),
