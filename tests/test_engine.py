@@ -457,3 +457,15 @@ def test_training_augmentation_is_a_pure_function_of_seed_epoch_and_row():
     assert torch.equal(first[0]["image"], second[0]["image"])
     first.set_epoch(4)
     assert not torch.equal(first[0]["image"], second[0]["image"])
+
+
+def test_fused_optimizer_follows_config():
+    """`optim.fused` reaches timm's optimizer factory for Adam/AdamW only (SGD has no such kernel here)."""
+    from timm.optim import create_optimizer_v2
+    from src.engine.trainer import optimizer_kwargs
+
+    model = torch.nn.Linear(4, 1)
+    fused = create_optimizer_v2(model, opt="adamw", lr=1e-3, **optimizer_kwargs({"name": "adamw", "fused": True}))
+    assert fused.defaults["fused"] is True
+    assert optimizer_kwargs({"name": "adamw", "fused": False}) == {}
+    assert optimizer_kwargs({"name": "sgd", "fused": True}) == {}

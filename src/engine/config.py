@@ -283,7 +283,6 @@ RULES: dict[str, Rule] = {
     "model.head_hidden": list_of(integer(1), "integers >= 1"),
     "optim.lr": number(0, low_open=True),
     "optim.weight_decay": number(0),
-    "optim.fused": Rule(lambda v: isinstance(v, bool), "true or false"),
     "schedule.warmup_epochs": integer(0),
     "schedule.warmup_lr": number(0),
     "schedule.min_lr": number(0),

@@ -82,9 +82,8 @@ class FoldContext:
 
 
 def optimizer_kwargs(optim_cfg: dict) -> dict:
-    """Extra optimizer arguments: torch's fused Adam/AdamW where the config asks for it (older configs
-    without the key keep the default foreach path)."""
-    if optim_cfg.get("fused") and optim_cfg["name"].lower() in ("adam", "adamw"):
+    """Extra optimizer arguments: torch's fused kernel for Adam/AdamW where `optim.fused` asks for it."""
+    if optim_cfg["fused"] and optim_cfg["name"].lower() in ("adam", "adamw"):
         return {"fused": True}
     return {}
 
