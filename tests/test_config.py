@@ -8,7 +8,7 @@ import yaml
 
 from src.cli import main as cli_main
 from src.engine import config as config_module
-from src.engine.config import CONFIG_DIR, load_config, validate_config
+from src.engine.config import CONFIG_DIR, config_fingerprint, load_config, validate_config
 from src.utils.errors import UserError
 
 BASE = "baseline_inception_v3"
@@ -67,21 +67,20 @@ def test_shipped_configs_and_profiles_are_valid(profile):
     load_config(BASE, profile)
 
 
-@pytest.mark.parametrize("native_bf16, epochs", [("0", 17), ("1", 26)])
-def test_cpu_profile_trains_longer_where_bf16_is_native(monkeypatch, native_bf16, epochs):
-    """The cpu profile's `on_native_bf16_cpu` section applies only on such a CPU, and the section
-    itself never reaches the resolved config (it would be an unknown key)."""
-    from src.utils.cpu_features import BF16_ENV, cpu_has_native_bf16
-
-    monkeypatch.setenv(BF16_ENV, native_bf16)
-    cpu_has_native_bf16.cache_clear()
-    try:
-        cfg = load_config(BASE, "cpu")
-    finally:
-        monkeypatch.delenv(BF16_ENV)
-        cpu_has_native_bf16.cache_clear()
-    assert cfg["train"]["epochs"] == epochs and config_module.NATIVE_BF16_SECTION not in cfg
-    assert cfg["train"]["batch_size"] == 32  # the rest of the profile is the same on both
+def test_cpu_profile_is_sized_by_the_speed_probe():
+    """The cpu profile states the probe speed its 17 epochs were sized on; a scale (the probe's,
+    or given by hand) trains floor(17 x scale) epochs, applied once: the resolved config keeps
+    the written epochs beside them and a scale of 1, so resolving it again changes nothing."""
+    cfg = load_config(BASE, "cpu")
+    assert cfg["train"]["epochs"] == 17 and cfg["train"]["batch_size"] == 32
+    assert cfg["train"]["sized_for_images_per_s"] > 0 and cfg["train"]["epochs_as_written"] is None
+    scaled = load_config(BASE, "cpu", ["train.epoch_scale=0.8"])
+    assert scaled["train"]["epochs"] == 13 and scaled["train"]["epochs_as_written"] == 17
+    assert scaled["train"]["epoch_scale"] == 1.0
+    assert load_config(BASE, "cpu", ["train.epoch_scale=0.01"])["train"]["epochs"] == 1  # never 0
+    # the fingerprint holds what trains (the epochs), not how they were arrived at
+    assert config_fingerprint(scaled) == config_fingerprint(load_config(BASE, "cpu", ["train.epochs=13"]))
+    assert config_fingerprint(scaled) != config_fingerprint(cfg)
 
 
 def test_unknown_keys_are_still_errors():

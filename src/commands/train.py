@@ -78,6 +78,19 @@ def child_arguments(args, config: str) -> list[str]:
     return ["--config", config] + argv + list(args.overrides) + flag_overrides(args)
 
 
+def speed_probe_scale(args, overrides: list[str], cfg: dict) -> float | None:
+    """The epoch scale from this machine's speed probe, where the profile is sized by speed
+    (`train.sized_for_images_per_s`) and neither the epochs nor the scale were given by hand."""
+    if not cfg["train"].get("sized_for_images_per_s"):
+        return None
+    if any(text.split("=", 1)[0] in ("train.epochs", "train.epoch_scale") for text in overrides):
+        return None
+    from ..data.layout import dataset_name, working_root
+    from ..engine.speed_probe import probed_epoch_scale
+
+    return probed_epoch_scale(cfg, working_root() / dataset_name(args.input), args.device)
+
+
 def run(args) -> int:
     from ..engine.config import load_config
     from ..utils.errors import UserError
@@ -87,6 +100,11 @@ def run(args) -> int:
     overrides = list(args.overrides) + flag_overrides(args)
     # every config is resolved and validated before any training starts
     configs = [(name, load_config(name, args.profile, overrides)) for name in args.config]
+    scale = speed_probe_scale(args, overrides, configs[0][1])
+    if scale is not None:
+        args.overrides = list(args.overrides) + [f"train.epoch_scale={scale}"]  # the --jobs children get it too
+        overrides = list(args.overrides) + flag_overrides(args)
+        configs = [(name, load_config(name, args.profile, overrides)) for name in args.config]
     resume, skip_existing = args.resume and not args.force, args.skip_existing and not args.force
     if args.jobs > 1:
         from ..engine.fold_jobs import ExperimentJob, run_folds_in_parallel

@@ -17,14 +17,10 @@ from typing import Any, Callable
 
 import yaml
 
-from ..utils.cpu_features import cpu_has_native_bf16
 from ..utils.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PROFILE_DIR = CONFIG_DIR / "profiles"
-# A profile's section merged over the rest of it on a CPU that computes bf16 natively, where the
-# same wall-clock budget trains more epochs (the cpu profile: 130-145 against ~85 images/s a fold).
-NATIVE_BF16_SECTION = "on_native_bf16_cpu"
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
@@ -122,15 +118,8 @@ def _load_experiment(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def load_profile(profile: str) -> dict:
-    """A profile's overlay for this machine: its YAML, with its `on_native_bf16_cpu` section
-    merged in where the CPU has native bf16 (avx512_bf16/amx; BONEAGE_CPU_BF16=0/1 decides
-    otherwise), and dropped elsewhere. The resolved config saved beside the outputs says which."""
-    path = find_config(profile, PROFILE_DIR)
-    overlay = _load_yaml(path)
-    section = overlay.pop(NATIVE_BF16_SECTION, None) or {}
-    if not isinstance(section, dict):
-        raise UserError(f"{path}: `{NATIVE_BF16_SECTION}` must be a config section (a mapping)")
-    return deep_merge(overlay, section) if cpu_has_native_bf16() else overlay
+    """A profile's overlay (src/configs/profiles/<profile>.yaml)."""
+    return _load_yaml(find_config(profile, PROFILE_DIR))
 
 
 def load_config(name_or_path: str, profile: str | None = None, overrides: list[str] | None = None) -> dict:
@@ -158,12 +147,24 @@ def load_config(name_or_path: str, profile: str | None = None, overrides: list[s
     # The output folder: the experiment's name (overridable, to keep variants apart) + profile.
     cfg["experiment"] = f"{cfg['name']}-{profile}" if profile else str(cfg["name"])
     validate_config(cfg)
+    train = cfg["train"]
+    if train["epoch_scale"] != 1.0:  # applied once: the resolved config says what was written and what trains
+        train["epochs_as_written"], train["epochs"] = train["epochs"], scaled_epochs(train["epochs"], train["epoch_scale"])
+        train["epoch_scale"] = 1.0
     return cfg
+
+
+def scaled_epochs(epochs: int, scale: float) -> int:
+    """The epochs a run trains at `train.epoch_scale` (set by the speed probe,
+    src/engine/speed_probe.py): floor(epochs x scale), at least 1."""
+    return max(1, math.floor(epochs * scale + 1e-9))
 
 
 # Keys that change how a run is carried out but not what it learns.
 RUN_CONTROL_KEYS = {"_resolved", "deterministic"}
-RUN_CONTROL_TRAIN_KEYS = {"eval_batch_size", "log_every", "val_every", "compile"}
+# The speed-sizing keys act only through the epochs they set, which the fingerprint holds.
+RUN_CONTROL_TRAIN_KEYS = {"eval_batch_size", "log_every", "val_every", "compile", "sized_for_images_per_s",
+                          "epoch_scale_range", "epoch_scale", "epochs_as_written"}
 RUN_CONTROL_DATA_KEYS = {"num_workers", "cache_workers"}
 
 
@@ -295,6 +296,11 @@ RULES: dict[str, Rule] = {
     "train.grad_clip": nullable(number(0, low_open=True)),
     "train.log_every": integer(0),
     "train.val_every": integer(1),
+    "train.sized_for_images_per_s": nullable(number(0, low_open=True)),
+    "train.epoch_scale_range": Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v)
+                                    and v[0] <= v[1], "a pair [lo, hi] of numbers > 0"),
+    "train.epoch_scale": number(0, low_open=True),
+    "train.epochs_as_written": nullable(integer(1)),
     "train.predict_from": one_of("last", "best"),
     "data.sex": one_of("both", "male", "female"),
     "target.form": one_of("regression", "classification"),
