@@ -25,7 +25,7 @@ def test_probe_measures_a_positive_speed():
 
 
 def test_probe_is_saved_once_per_dataset_and_reused(tmp_path, monkeypatch):
-    cfg = load_config(BASE, "cpu")
+    cfg = load_config(BASE, "cpu", ["train.sized_for_images_per_s=77"])
     monkeypatch.setattr(speed_probe, "probe_images_per_s", lambda amp_dtype: 50.0)
     assert speed_probe.probed_epoch_scale(cfg, tmp_path, "cpu") == 0.64
     saved = json.loads((tmp_path / "speed_probe-cpu.json").read_text())
@@ -38,7 +38,7 @@ def test_probe_is_saved_once_per_dataset_and_reused(tmp_path, monkeypatch):
     assert speed_probe.probed_epoch_scale(cfg, tmp_path, "cpu") == 0.64
     # a profile sized anew (another sized-for speed) measures again
     monkeypatch.setattr(speed_probe, "probe_images_per_s", lambda amp_dtype: 100.0)
-    resized = load_config(BASE, "cpu", ["train.sized_for_images_per_s=100"])
+    resized = load_config(BASE, "cpu", ["train.sized_for_images_per_s=100"])  # 100/100
     assert speed_probe.probed_epoch_scale(resized, tmp_path, "cpu") == 1.0
 
 
@@ -51,7 +51,7 @@ def test_train_command_probes_unless_the_epochs_are_given(tmp_path, monkeypatch)
     monkeypatch.setenv("BONEAGE_WORKING", str(tmp_path))
     monkeypatch.setattr(speed_probe, "probe_images_per_s", lambda amp_dtype: 38.5)
     args = argparse.Namespace(input=str(tmp_path / "data"), device="cpu")
-    cfg = load_config(BASE, "cpu")
+    cfg = load_config(BASE, "cpu", ["train.sized_for_images_per_s=77"])
     assert train_command.speed_probe_scale(args, [], cfg) == 0.5
     for given in (["train.epochs=3"], ["train.epoch_scale=1"]):
         assert train_command.speed_probe_scale(args, given, cfg) is None
