@@ -88,7 +88,7 @@ def speed_probe_scale(args, overrides: list[str], cfg: dict) -> float | None:
     from ..data.layout import dataset_name, working_root
     from ..engine.speed_probe import probed_epoch_scale
 
-    return probed_epoch_scale(cfg, working_root() / dataset_name(args.input), args.device)
+    return probed_epoch_scale(cfg, working_root() / dataset_name(args.input), args.device, jobs=args.jobs)
 
 
 def run(args) -> int:

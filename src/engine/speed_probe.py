@@ -4,7 +4,8 @@ Two-core machines of the same make differ by 1.5x in training speed (the same AV
 ran the cpu profile's folds at 85-89 images/s one day and 55-68 the next), so a fixed epoch
 count either overruns its budget on a slow machine or wastes a fast one. A profile that sets
 `train.sized_for_images_per_s` states the probe speed its epochs were sized on; the probe
-measures this machine once per dataset (a few seconds), and every experiment of the run trains
+measures this machine once per dataset (about 10 s, in as many processes at once as the run
+trains folds at once, since they share the cores' bandwidth), and every experiment of the run trains
 `floor(epochs x scale)` epochs, with scale = measured / sized-for, clamped to
 `train.epoch_scale_range`. The scale is saved in `<working>/<dataset>/speed_probe-<profile>.json`
 and reused, so a resumed run keeps the recipe it started with (delete the file to measure again).
@@ -14,6 +15,7 @@ says what was trained; give `train.epoch_scale=1` (or `--epochs N`) to train the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -65,6 +67,19 @@ def probe_images_per_s(amp_dtype: str | None, seconds: float = 2.0, rounds: int 
         torch.set_num_threads(threads)
 
 
+def probe_in_parallel(amp_dtype: str | None, jobs: int, seconds: float = 2.0) -> float:
+    """Images/s per process with `jobs` probes running at once, as the folds will train: two
+    vCPUs that share a physical core or its memory bandwidth give each process less than one
+    alone measures (seen: 82 images/s alone, folds at 56-60 two at a time)."""
+    if jobs <= 1:
+        return probe_images_per_s(amp_dtype, seconds)
+    from ..utils.parallel import process_pool
+
+    with process_pool(jobs) as pool:
+        speeds = list(pool.map(functools.partial(probe_images_per_s, seconds=seconds), [amp_dtype] * jobs))
+    return sum(speeds) / len(speeds)
+
+
 def epoch_scale(measured: float, sized_for: float, scale_range: list[float]) -> float:
     """measured / sized_for, clamped to [low, high] and rounded down to 2 decimals (a slower
     machine never gets more epochs than its speed pays for)."""
@@ -72,9 +87,10 @@ def epoch_scale(measured: float, sized_for: float, scale_range: list[float]) -> 
     return round(min(max(math.floor(100 * measured / sized_for) / 100, low), high), 2)
 
 
-def probed_epoch_scale(cfg: dict, work_dir: Path, device: str) -> float | None:
+def probed_epoch_scale(cfg: dict, work_dir: Path, device: str, jobs: int = 1) -> float | None:
     """The epoch scale for `cfg`'s profile on this machine, from the saved probe of this dataset
-    or a new one; None where the profile is not sized by speed or the run is not on a CPU."""
+    or a new one (`jobs` probes at once, one per fold process); None where the profile is not
+    sized by speed or the run is not on a CPU."""
     from .distributed import resolve_device
     from ..utils.io import write_json
 
@@ -85,7 +101,8 @@ def probed_epoch_scale(cfg: dict, work_dir: Path, device: str) -> float | None:
     path = Path(work_dir) / f"speed_probe-{cfg['profile']}.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("sized_for_images_per_s") == sized_for and saved.get("amp_dtype") == tcfg.get("amp_dtype"):
+        if (saved.get("sized_for_images_per_s") == sized_for and saved.get("amp_dtype") == tcfg.get("amp_dtype")
+                and saved.get("jobs") == jobs):
             log.info("epochs x %.2f: this dataset's saved speed probe (%.0f images/s against %.0f sized for; %s)",
                      saved["epoch_scale"], saved["images_per_s"], sized_for, path)
             return float(saved["epoch_scale"])
@@ -93,18 +110,20 @@ def probed_epoch_scale(cfg: dict, work_dir: Path, device: str) -> float | None:
 
     from .loops import Precision
 
-    measured = probe_images_per_s(tcfg.get("amp_dtype"))
+    measured = probe_in_parallel(tcfg.get("amp_dtype"), jobs)
     scale = epoch_scale(measured, sized_for, tcfg["epoch_scale_range"])
     write_json({"images_per_s": round(measured, 1), "sized_for_images_per_s": sized_for,
                 "amp_dtype": tcfg.get("amp_dtype"),
                 "runs_as": Precision(torch.device("cpu"), tcfg.get("amp_dtype"), channels_last=True).label,
                 "epoch_scale": scale,
                 "epoch_scale_range": tcfg["epoch_scale_range"],
-                "probe": f"{PROBE_BACKBONE} {PROBE_SIZE} px batch {PROBE_BATCH}, 1 thread, fwd+bwd+AdamW",
+                "jobs": jobs,
+                "probe": f"{PROBE_BACKBONE} {PROBE_SIZE} px batch {PROBE_BATCH}, 1 thread, fwd+bwd+AdamW, "
+                         f"{jobs} at once",
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, path)
     raw = measured / sized_for
-    log.info("speed probe: %.0f training images/s on one thread, the %s profile was sized for %.0f: epochs x %.2f%s "
-             "(saved in %s; delete it to measure again)", measured, cfg["profile"], sized_for, scale,
+    log.info("speed probe: %.0f training images/s a process, %d at once, the %s profile was sized for %.0f: epochs x %.2f%s "
+             "(saved in %s; delete it to measure again)", measured, jobs, cfg["profile"], sized_for, scale,
              "" if abs(raw - scale) < 0.01 else f" (clamped from {raw:.2f}: expect the run to take "
              f"{'longer' if raw < scale else 'less'} than its budget)", path)
     return scale
