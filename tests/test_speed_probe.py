@@ -37,6 +37,10 @@ def test_probe_is_saved_once_per_dataset_and_reused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(speed_probe, "probe_images_per_s", no_second_probe)
     assert speed_probe.probed_epoch_scale(cfg, tmp_path, "cpu") == 0.64
+    # a damaged file is measured again, not an error
+    (tmp_path / "speed_probe-cpu.json").write_text("{not json")
+    monkeypatch.setattr(speed_probe, "probe_images_per_s", lambda amp_dtype, seconds=2.0: 77.0)
+    assert speed_probe.probed_epoch_scale(cfg, tmp_path, "cpu") == 1.0
     # a profile sized anew (another sized-for speed) measures again
     monkeypatch.setattr(speed_probe, "probe_images_per_s", lambda amp_dtype, seconds=2.0: 100.0)
     resized = load_config(BASE, "cpu", ["train.sized_for_images_per_s=100"])  # 100/100

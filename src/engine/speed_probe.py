@@ -68,9 +68,9 @@ def probe_images_per_s(amp_dtype: str | None, seconds: float = 2.0, rounds: int 
 
 
 def probe_in_parallel(amp_dtype: str | None, jobs: int, seconds: float = 2.0) -> float:
-    """Images/s per process with `jobs` probes running at once, as the folds will train: two
-    vCPUs that share a physical core or its memory bandwidth give each process less than one
-    alone measures (seen: 82 images/s alone, folds at 56-60 two at a time)."""
+    """Images/s per process with `jobs` probes running at once, as the folds will train: the
+    processes share the cores' caches and memory bandwidth, and the mean of `jobs` probes is
+    steadier (on a 2-core EPYC one probe alone read 60 to 82 within a minute, two at once 72-74)."""
     if jobs <= 1:
         return probe_images_per_s(amp_dtype, seconds)
     from ..utils.parallel import process_pool
@@ -99,13 +99,17 @@ def probed_epoch_scale(cfg: dict, work_dir: Path, device: str, jobs: int = 1) ->
     if not sized_for or resolve_device(device).type != "cpu":
         return None
     path = Path(work_dir) / f"speed_probe-{cfg['profile']}.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if (saved.get("sized_for_images_per_s") == sized_for and saved.get("amp_dtype") == tcfg.get("amp_dtype")
-                and saved.get("jobs") == jobs):
-            log.info("epochs x %.2f: this dataset's saved speed probe (%.0f images/s against %.0f sized for; %s)",
-                     saved["epoch_scale"], saved["images_per_s"], sized_for, path)
-            return float(saved["epoch_scale"])
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        float(saved.get("epoch_scale", 1.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        log.warning("%s is unreadable: measuring again", path)
+        saved = {}
+    if ("epoch_scale" in saved and saved.get("sized_for_images_per_s") == sized_for
+            and saved.get("amp_dtype") == tcfg.get("amp_dtype") and saved.get("jobs") == jobs):
+        log.info("epochs x %.2f: this dataset's saved speed probe (%s images/s against %.0f sized for; %s)",
+                 float(saved["epoch_scale"]), saved.get("images_per_s"), sized_for, path)
+        return float(saved["epoch_scale"])
     import torch
 
     from .loops import Precision
