@@ -249,6 +249,12 @@ def number_or_pair(single: Rule, item: Rule = number()) -> Rule:
     return Rule(check, f"{single.expected}, or a pair [lo, hi] of {pair}")
 
 
+def positive_pair(unit: str = "") -> Rule:
+    """A range [lo, hi] of numbers > 0 with lo <= hi."""
+    return Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v)
+                and v[0] <= v[1], f"a pair [lo, hi] of numbers > 0{' ' + unit if unit else ''}")
+
+
 def list_of(item: Rule, items: str, non_empty: bool = False) -> Rule:
     """A list whose every element passes `item`; `items` names them in the plural."""
     return Rule(lambda v: isinstance(v, list) and (bool(v) or not non_empty) and all(item.check(x) for x in v),
@@ -297,8 +303,7 @@ RULES: dict[str, Rule] = {
     "train.log_every": integer(0),
     "train.val_every": integer(1),
     "train.sized_for_images_per_s": nullable(number(0, low_open=True)),
-    "train.epoch_scale_range": Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v)
-                                    and v[0] <= v[1], "a pair [lo, hi] of numbers > 0"),
+    "train.epoch_scale_range": positive_pair(),
     "train.epoch_scale": number(0, low_open=True),
     "train.epochs_as_written": nullable(integer(1)),
     "train.predict_from": one_of("last", "best"),
@@ -313,8 +318,7 @@ RULES: dict[str, Rule] = {
     "aug.shift": number_or_pair(number(0)),
     "aug.brightness": number_or_pair(number(0)),
     "aug.contrast": number_or_pair(number(0)),
-    "aug.gamma": Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_is_number(x) and x > 0 for x in v)
-                      and v[0] <= v[1], "a pair [lo, hi] of numbers > 0 (percent)"),
+    "aug.gamma": positive_pair("(percent)"),
     "aug.hflip": PROBABILITY,
     "tta": list_of(MAPPING, "mappings (views such as {rotate: 6})", non_empty=True),
 }

@@ -1,5 +1,5 @@
-"""What this CPU computes natively, read from /proc/cpuinfo without importing torch: config
-resolution asks it (a profile may train longer where bf16 is native) as well as the engine."""
+"""What this CPU computes natively, read from /proc/cpuinfo without importing torch: the engine
+asks it before autocasting to bf16, and the bench reports it."""
 
 from __future__ import annotations
 
