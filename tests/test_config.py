@@ -4,11 +4,14 @@ expected type, raised by load_config before any work (and before the input is lo
 from __future__ import annotations
 
 import pytest
+import timm
+import torch
 import yaml
 
 from src.cli import main as cli_main
 from src.engine import config as config_module
 from src.engine.config import CONFIG_DIR, config_fingerprint, load_config, validate_config
+from src.models import build_model, create_backbone
 from src.utils.errors import UserError
 
 BASE = "baseline_inception_v3"
@@ -68,19 +71,54 @@ def test_shipped_configs_and_profiles_are_valid(profile):
 
 
 def test_cpu_profile_is_sized_by_the_speed_probe():
-    """The cpu profile states the probe speed its 17 epochs were sized on; a scale (the probe's,
-    or given by hand) trains floor(17 x scale) epochs, applied once: the resolved config keeps
+    """The cpu profile states the probe speed its epochs were sized on; a scale (the probe's, or
+    given by hand) trains floor(epochs x scale) epochs, applied once: the resolved config keeps
     the written epochs beside them and a scale of 1, so resolving it again changes nothing."""
     cfg = load_config(BASE, "cpu")
-    assert cfg["train"]["epochs"] == 17 and cfg["train"]["batch_size"] == 32
+    written = cfg["train"]["epochs"]
+    assert written == 12 and cfg["train"]["batch_size"] == 32  # the baseline: half the profile's 24
     assert cfg["train"]["sized_for_images_per_s"] > 0 and cfg["train"]["epochs_as_written"] is None
     scaled = load_config(BASE, "cpu", ["train.epoch_scale=0.8"])
-    assert scaled["train"]["epochs"] == 13 and scaled["train"]["epochs_as_written"] == 17
+    assert scaled["train"]["epochs"] == 9 and scaled["train"]["epochs_as_written"] == written
     assert scaled["train"]["epoch_scale"] == 1.0
     assert load_config(BASE, "cpu", ["train.epoch_scale=0.01"])["train"]["epochs"] == 1  # never 0
     # the fingerprint holds what trains (the epochs), not how they were arrived at
-    assert config_fingerprint(scaled) == config_fingerprint(load_config(BASE, "cpu", ["train.epochs=13"]))
+    assert config_fingerprint(scaled) == config_fingerprint(load_config(BASE, "cpu", ["train.epochs=9"]))
     assert config_fingerprint(scaled) != config_fingerprint(cfg)
+    family = load_config("resnet_regression_clahe_lowres", "cpu", ["train.epoch_scale=0.8"])
+    assert family["train"]["epochs_as_written"] == 24 and family["train"]["epochs"] == 19
+
+
+def test_cpu_stand_ins_are_half_width_resnet10t():
+    """The cpu profile's stand-ins: resnet10t at channels 32-256, which a timm constructor takes
+    through model.backbone_kwargs (built here: a wrong keyword would fail at the first fold)."""
+    for name in ("baseline_inception_v3", "resnet_classification_clahe_lowres", "resnet_classification_region_a"):
+        model = load_config(name, "cpu")["model"]
+        assert model["backbone"] == "resnet10t" and model["backbone_kwargs"] == {"channels": [32, 64, 128, 256]}
+    net, _ = build_model({**model, "pretrained": False}, in_chans=1, out_dim=1)
+    assert net.backbone.num_features == 256
+
+
+def test_backbone_kwargs_errors_name_the_key():
+    with pytest.raises(UserError, match="model.backbone_kwargs .*resnet10t does not take them"):
+        create_backbone("resnet10t", 1, False, None, backbone_kwargs={"widths": [1]})
+    with pytest.raises(UserError, match="model.backbone_kwargs sets in_chans"):
+        create_backbone("resnet10t", 1, False, None, backbone_kwargs={"in_chans": 3})
+    with pytest.raises(UserError, match="only timm backbones take them, not m46"):
+        create_backbone("m46", 1, False, None, backbone_kwargs={"channels": [1]})
+    with pytest.raises(UserError, match="model.backbone_kwargs=.*expected a mapping"):
+        load_config(BASE, "cpu", ["model.backbone_kwargs=[32, 64]"])
+
+
+def test_full_width_weights_do_not_fit_the_half_width_stand_in(tmp_path):
+    """ImageNet weights for resnet10t (--pretrained-file) on the cpu profile's half-width model:
+    an error that says so and how to get the standard model, not a bare size mismatch."""
+    weights = tmp_path / "resnet10t.pth"
+    torch.save(timm.create_model("resnet10t", num_classes=0, in_chans=1).state_dict(), weights)
+    with pytest.raises(UserError, match=r"does not fit resnet10t with model.backbone_kwargs .*backbone_kwargs=\{\}"):
+        create_backbone("resnet10t", 1, True, str(weights), backbone_kwargs={"channels": [32, 64, 128, 256]})
+    model, origin = create_backbone("resnet10t", 1, True, str(weights))
+    assert origin == f"file:{weights}"
 
 
 def test_unknown_keys_are_still_errors():

@@ -116,15 +116,19 @@ def _create_project_backbone(name: str, in_chans: int, pretrained: bool, pretrai
 
 
 def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file: str | None,
-                    drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> tuple[nn.Module, str]:
+                    drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                    backbone_kwargs: dict | None = None) -> tuple[nn.Module, str]:
     """A backbone without its classifier (pooled features out), and where its weights came from.
 
     A project model (PROJECT_BACKBONES, e.g. m46) is looked up first; any other name is a timm
     model. For timm, weights come from `pretrained_file` when given (offline machines; timm adapts
     the stem to `in_chans`), else from the hub when `pretrained` and reachable. Without either it
     trains from scratch and says so; it never fails because a hub is out of reach.
+    `backbone_kwargs` go to timm's model constructor (e.g. resnet `channels`, timm's --model-kwargs).
     """
     if name in PROJECT_BACKBONES:
+        if backbone_kwargs:
+            raise UserError(f"model.backbone_kwargs {backbone_kwargs}: only timm backbones take them, not {name}")
         return _create_project_backbone(name, in_chans, pretrained, pretrained_file, drop_rate, drop_path_rate)
     kwargs = {"num_classes": 0, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate:
@@ -132,11 +136,28 @@ def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file:
     if not timm.is_model(name.split(".")[0]):
         raise UserError(f"unknown backbone '{name}': neither a project model ({', '.join(sorted(PROJECT_BACKBONES))}) "
                         "nor a timm model (see timm.list_models())")
+    if backbone_kwargs:
+        clash = sorted(set(backbone_kwargs) & {"num_classes", "in_chans", "drop_rate", "drop_path_rate"})
+        if clash:
+            raise UserError(f"model.backbone_kwargs sets {', '.join(clash)}: the model section sets those "
+                            "(data.channels, model.drop_rate, model.drop_path_rate)")
+        kwargs.update(backbone_kwargs)
+        try:  # a wrong keyword fails here, in seconds, with the key named, not deep in a fold worker
+            timm.create_model(name, pretrained=False, **kwargs)
+        except TypeError as exc:
+            raise UserError(f"model.backbone_kwargs {backbone_kwargs}: {name} does not take them ({exc})") from exc
     if pretrained_file:
         path = Path(pretrained_file).expanduser()
         if not path.is_file():
             raise UserError(f"model.pretrained_file {path} does not exist")
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+        except RuntimeError as exc:  # weights of another shape (another width through backbone_kwargs)
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300]
+            raise UserError(f"model.pretrained_file {path} does not fit {name}"
+                            f"{' with model.backbone_kwargs ' + str(backbone_kwargs) if backbone_kwargs else ''}: "
+                            f"{detail}{' (set model.backbone_kwargs={} for the standard model)' if backbone_kwargs else ''}"
+                            ) from exc
         log.info("%s: pretrained weights from %s", name, path)
         return model, f"file:{path}"
     if pretrained and not _hf_offline() and not hub_reachable():
@@ -192,6 +213,7 @@ def build_model(model_cfg: dict, in_chans: int, out_dim: int) -> tuple[BoneAgeNe
         model_cfg["backbone"], in_chans=in_chans, pretrained=bool(model_cfg.get("pretrained")),
         pretrained_file=model_cfg.get("pretrained_file"), drop_rate=float(model_cfg.get("drop_rate", 0.0)),
         drop_path_rate=float(model_cfg.get("drop_path_rate", 0.0)),
+        backbone_kwargs=model_cfg.get("backbone_kwargs") or None,
     )
     net = BoneAgeNet(
         backbone, out_dim=out_dim, sex_input=bool(model_cfg.get("sex_input", True)),
