@@ -142,16 +142,13 @@ def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file:
             raise UserError(f"model.backbone_kwargs sets {', '.join(clash)}: the model section sets those "
                             "(data.channels, model.drop_rate, model.drop_path_rate)")
         kwargs.update(backbone_kwargs)
-        try:  # a wrong keyword fails here, in seconds, with the key named, not deep in a fold worker
-            timm.create_model(name, pretrained=False, **kwargs)
-        except TypeError as exc:
-            raise UserError(f"model.backbone_kwargs {backbone_kwargs}: {name} does not take them ({exc})") from exc
     if pretrained_file:
         path = Path(pretrained_file).expanduser()
         if not path.is_file():
             raise UserError(f"model.pretrained_file {path} does not exist")
         try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            model = _create_timm(name, backbone_kwargs, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
+                                 **kwargs)
         except RuntimeError as exc:  # weights of another shape (another width through backbone_kwargs)
             detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300]
             raise UserError(f"model.pretrained_file {path} does not fit {name}"
@@ -165,14 +162,24 @@ def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file:
                     "or --pretrained-file to local weights, or HF_HUB_OFFLINE=1 to use the local HF cache)", name)
     elif pretrained:
         try:
-            model = timm.create_model(name, pretrained=True, **kwargs)
+            model = _create_timm(name, backbone_kwargs, pretrained=True, **kwargs)
             log.info("%s: pretrained weights from the hub%s", name, " cache (HF_HUB_OFFLINE)" if _hf_offline() else "")
             return model, "hub"
         except Exception as exc:  # offline, no such weights, hub error: all mean "from scratch"
             log.warning("%s: pretrained weights unavailable (%s: %s); training from scratch",
                         name, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
     # model.pretrained false: the caller says where the weights come from (scratch or a checkpoint)
-    return timm.create_model(name, pretrained=False, **kwargs), "scratch"
+    return _create_timm(name, backbone_kwargs, pretrained=False, **kwargs), "scratch"
+
+
+def _create_timm(name: str, backbone_kwargs: dict | None, **kwargs) -> nn.Module:
+    """timm.create_model, where a keyword the model does not take is the config's error, named."""
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as exc:
+        if backbone_kwargs:
+            raise UserError(f"model.backbone_kwargs {backbone_kwargs}: {name} does not take them ({exc})") from exc
+        raise
 
 
 class BoneAgeNet(nn.Module):
