@@ -115,7 +115,7 @@ def test_full_width_weights_do_not_fit_the_half_width_stand_in(tmp_path):
     an error that says so and how to get the standard model, not a bare size mismatch."""
     weights = tmp_path / "resnet10t.pth"
     torch.save(timm.create_model("resnet10t", num_classes=0, in_chans=1).state_dict(), weights)
-    with pytest.raises(UserError, match=r"does not fit resnet10t with model.backbone_kwargs .*backbone_kwargs=\{\}"):
+    with pytest.raises(UserError, match=r"does not fit resnet10t with model.backbone_kwargs .*backbone_kwargs=\{\} for the standard model"):
         create_backbone("resnet10t", 1, True, str(weights), backbone_kwargs={"channels": [32, 64, 128, 256]})
     model, origin = create_backbone("resnet10t", 1, True, str(weights))
     assert origin == f"file:{weights}"

@@ -76,6 +76,11 @@ def _read_state_dict(path: Path) -> dict:
     return state
 
 
+def _load_error_detail(exc: RuntimeError) -> str:
+    """load_state_dict's mismatch lines (missing keys, size mismatches) as one line."""
+    return " ".join(line.strip() for line in str(exc).splitlines()[1:])[:400]
+
+
 def _adapt_stem(weight: torch.Tensor, in_chans: int, where: str) -> torch.Tensor:
     """A stem conv's weights for `in_chans` inputs that respond alike to a grey image: k channels
     -> 1 sums them; 1 -> k repeats the channel and divides by k."""
@@ -106,8 +111,8 @@ def _create_project_backbone(name: str, in_chans: int, pretrained: bool, pretrai
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            detail = " ".join(line.strip() for line in str(exc).splitlines()[1:])[:400]
-            raise UserError(f"model.pretrained_file {path} does not hold {name} weights: {detail}") from exc
+            raise UserError(f"model.pretrained_file {path} does not hold {name} weights: {_load_error_detail(exc)}"
+                            ) from exc
         log.info("%s: weights from %s", name, path)
         return model, f"file:{path}"
     if pretrained:
@@ -150,11 +155,11 @@ def create_backbone(name: str, in_chans: int, pretrained: bool, pretrained_file:
             model = _create_timm(name, backbone_kwargs, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
                                  **kwargs)
         except RuntimeError as exc:  # weights of another shape (another width through backbone_kwargs)
-            detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])[:300]
-            raise UserError(f"model.pretrained_file {path} does not fit {name}"
-                            f"{' with model.backbone_kwargs ' + str(backbone_kwargs) if backbone_kwargs else ''}: "
-                            f"{detail}{' (set model.backbone_kwargs={} for the standard model)' if backbone_kwargs else ''}"
-                            ) from exc
+            if not backbone_kwargs:
+                raise
+            raise UserError(f"model.pretrained_file {path} does not fit {name} with model.backbone_kwargs "
+                            f"{backbone_kwargs} (set model.backbone_kwargs={{}} for the standard model): "
+                            f"{_load_error_detail(exc)}") from exc
         log.info("%s: pretrained weights from %s", name, path)
         return model, f"file:{path}"
     if pretrained and not _hf_offline() and not hub_reachable():
