@@ -76,25 +76,25 @@ def test_cpu_profile_is_sized_by_the_speed_probe():
     the written epochs beside them and a scale of 1, so resolving it again changes nothing."""
     cfg = load_config(BASE, "cpu")
     written = cfg["train"]["epochs"]
-    assert written == 12 and cfg["train"]["batch_size"] == 32  # the baseline: half the profile's 24
+    assert written == 16 and cfg["train"]["batch_size"] == 32  # the baseline: about half the profile's 33
     assert cfg["train"]["sized_for_images_per_s"] > 0 and cfg["train"]["epochs_as_written"] is None
     scaled = load_config(BASE, "cpu", ["train.epoch_scale=0.8"])
-    assert scaled["train"]["epochs"] == 9 and scaled["train"]["epochs_as_written"] == written
+    assert scaled["train"]["epochs"] == 12 and scaled["train"]["epochs_as_written"] == written
     assert scaled["train"]["epoch_scale"] == 1.0
     assert load_config(BASE, "cpu", ["train.epoch_scale=0.01"])["train"]["epochs"] == 1  # never 0
     # the fingerprint holds what trains (the epochs), not how they were arrived at
-    assert config_fingerprint(scaled) == config_fingerprint(load_config(BASE, "cpu", ["train.epochs=9"]))
+    assert config_fingerprint(scaled) == config_fingerprint(load_config(BASE, "cpu", ["train.epochs=12"]))
     assert config_fingerprint(scaled) != config_fingerprint(cfg)
     family = load_config("resnet_regression_clahe_lowres", "cpu", ["train.epoch_scale=0.8"])
-    assert family["train"]["epochs_as_written"] == 24 and family["train"]["epochs"] == 19
+    assert family["train"]["epochs_as_written"] == 33 and family["train"]["epochs"] == 26
 
 
 def test_cpu_stand_ins_are_half_width_resnet10t():
-    """The cpu profile's stand-ins: resnet10t at channels 32-256, which a timm constructor takes
+    """The cpu profile's stand-ins: resnet10t at channels 32-256 and a 16-wide stem, which a timm constructor takes
     through model.backbone_kwargs (built here: a wrong keyword would fail at the first fold)."""
     for name in ("baseline_inception_v3", "resnet_classification_clahe_lowres", "resnet_classification_region_a"):
         model = load_config(name, "cpu")["model"]
-        assert model["backbone"] == "resnet10t" and model["backbone_kwargs"] == {"channels": [32, 64, 128, 256]}
+        assert model["backbone"] == "resnet10t" and model["backbone_kwargs"] == {"channels": [32, 64, 128, 256], "stem_width": 16}
     net, _ = build_model({**model, "pretrained": False}, in_chans=1, out_dim=1)
     assert net.backbone.num_features == 256
 
