@@ -130,9 +130,13 @@ EOF
   fi
 fi
 
+# The cores this process may use. GNU nproc also honours OMP_NUM_THREADS and OMP_THREAD_LIMIT: a
+# shell that set OMP_NUM_THREADS=1 for another tool would train 1 fold at a time here, with the
+# epochs the speed probe sized for 1 process, and overrun the profile's time budget.
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc 2>/dev/null || echo 1)
 if [[ -z "$JOBS" ]]; then
   JOBS=1
-  if [[ "$PROFILE" == demo || "$PROFILE" == cpu ]] && (( $(nproc 2>/dev/null || echo 1) >= 2 )); then
+  if [[ "$PROFILE" == demo || "$PROFILE" == cpu ]] && (( CORES >= 2 )); then
     JOBS=2   # on CPU, 2 processes of 1 thread train ~1.4x faster than 1 of 2
   fi
 fi
@@ -162,7 +166,7 @@ if [[ -n "$MODELS" ]]; then
   "$PY" -m src register --input "$INPUT" --qa
 fi
 
-stage "train: the baseline $CONFIG${MODELS:+ and the model family: $MODELS}; profile $PROFILE, $JOBS fold(s) at a time (finished folds are skipped, an interrupted one resumes)"
+stage "train: the baseline $CONFIG${MODELS:+ and the model family: $MODELS}; profile $PROFILE, $JOBS fold(s) at a time on $CORES cores (finished folds are skipped, an interrupted one resumes)"
 "$PY" -m src train "${CONFIGS[@]}" --profile "$PROFILE" --input "$INPUT" --device "$DEVICE" --jobs "$JOBS" \
   "${FORCE[@]}" "${EXTRA[@]}"
 
