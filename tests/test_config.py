@@ -90,11 +90,13 @@ def test_cpu_profile_is_sized_by_the_speed_probe():
 
 
 def test_cpu_stand_ins_are_half_width_resnet10t():
-    """The cpu profile's stand-ins: resnet10t at channels 32-256 and a 16-wide stem, which a timm constructor takes
-    through model.backbone_kwargs (built here: a wrong keyword would fail at the first fold)."""
+    """The cpu profile's stand-ins: resnet10t at channels 32-256 and a 16-wide stem, which a timm
+    constructor takes through model.backbone_kwargs (built here: a wrong keyword would fail at the
+    first fold)."""
     for name in ("baseline_inception_v3", "resnet_classification_clahe_lowres", "resnet_classification_region_a"):
         model = load_config(name, "cpu")["model"]
-        assert model["backbone"] == "resnet10t" and model["backbone_kwargs"] == {"channels": [32, 64, 128, 256], "stem_width": 16}
+        assert model["backbone"] == "resnet10t"
+        assert model["backbone_kwargs"] == {"channels": [32, 64, 128, 256], "stem_width": 16}
     net, _ = build_model({**model, "pretrained": False}, in_chans=1, out_dim=1)
     assert net.backbone.num_features == 256
 
@@ -115,7 +117,8 @@ def test_full_width_weights_do_not_fit_the_half_width_stand_in(tmp_path):
     an error that says so and how to get the standard model, not a bare size mismatch."""
     weights = tmp_path / "resnet10t.pth"
     torch.save(timm.create_model("resnet10t", num_classes=0, in_chans=1).state_dict(), weights)
-    with pytest.raises(UserError, match=r"does not fit resnet10t with model.backbone_kwargs .*backbone_kwargs=\{\} for the standard model"):
+    fix = r"backbone_kwargs=\{\} for the standard model"
+    with pytest.raises(UserError, match=r"does not fit resnet10t with model.backbone_kwargs .*" + fix):
         create_backbone("resnet10t", 1, True, str(weights), backbone_kwargs={"channels": [32, 64, 128, 256]})
     model, origin = create_backbone("resnet10t", 1, True, str(weights))
     assert origin == f"file:{weights}"
