@@ -76,17 +76,17 @@ def test_cpu_profile_is_sized_by_the_speed_probe():
     the written epochs beside them and a scale of 1, so resolving it again changes nothing."""
     cfg = load_config(BASE, "cpu")
     written = cfg["train"]["epochs"]
-    assert written == 13 and cfg["train"]["batch_size"] == 32  # the baseline: half the profile's 26
+    assert written == 15 and cfg["train"]["batch_size"] == 32  # the baseline: half the profile's 30
     assert cfg["train"]["sized_for_images_per_s"] > 0 and cfg["train"]["epochs_as_written"] is None
     scaled = load_config(BASE, "cpu", ["train.epoch_scale=0.8"])
-    assert scaled["train"]["epochs"] == 10 and scaled["train"]["epochs_as_written"] == written
+    assert scaled["train"]["epochs"] == 12 and scaled["train"]["epochs_as_written"] == written
     assert scaled["train"]["epoch_scale"] == 1.0
     assert load_config(BASE, "cpu", ["train.epoch_scale=0.01"])["train"]["epochs"] == 1  # never 0
     # the fingerprint holds what trains (the epochs), not how they were arrived at
-    assert config_fingerprint(scaled) == config_fingerprint(load_config(BASE, "cpu", ["train.epochs=10"]))
+    assert config_fingerprint(scaled) == config_fingerprint(load_config(BASE, "cpu", ["train.epochs=12"]))
     assert config_fingerprint(scaled) != config_fingerprint(cfg)
     family = load_config("resnet_regression_clahe_lowres", "cpu", ["train.epoch_scale=0.8"])
-    assert family["train"]["epochs_as_written"] == 26 and family["train"]["epochs"] == 20
+    assert family["train"]["epochs_as_written"] == 30 and family["train"]["epochs"] == 24
 
 
 def test_cpu_stand_ins_are_half_width_resnet10t():
